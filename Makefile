@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh clone: `make test` and `make demo`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.depthprobe-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 is the CPU build that lies on this project's machines; elsewhere fall back to the range in pyproject.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0" || true
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m depthprobe demo
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/sweep_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info
