@@ -1,0 +1,73 @@
+"""Command line: ``python -m depthprobe models`` lists the model aliases; ``demo`` runs a first layer sweep."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+_STORY = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+    "One day, she saw a big, red ball in the grass. She ran to the ball and picked it up."
+)
+
+
+def _find_shared_model() -> Path:
+    here = Path.cwd()
+    for base in (os.environ.get("DEPTHPROBE_SHARED"), here / "shared", here.parent / "shared"):
+        if base and (Path(base) / "models" / "stories260K" / "config.json").is_file():
+            return Path(base) / "models" / "stories260K"
+    raise SystemExit("demo: ../shared/models/stories260K not found; set DEPTHPROBE_SHARED to the shared/ folder")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from depthprobe.models import list_models
+
+    for alias, target in list_models().items():
+        print(f"{alias:24s} {target}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Skip each layer of the real stories260K model in turn: story log-likelihood and greedy continuation."""
+    import torch
+
+    import depthprobe as dp
+
+    path = Path(args.model) if args.model else _find_shared_model()
+    model = dp.load_model(path)
+    tok = model.tokenizer
+    ids = tok(_STORY, return_tensors="pt").input_ids
+    prompt = tok("Once upon a time", return_tensors="pt").input_ids
+
+    def score() -> tuple[float, str]:
+        with torch.no_grad():
+            logp = model(ids).log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).mean().item()
+            out = model.generate(prompt, max_new_tokens=16, do_sample=False, verbose=False,
+                                 use_past_kv_cache=True, return_type="tokens")
+        return logp, tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).replace("\n", " ")
+
+    base_logp, base_text = score()
+    n_layers = dp.model_dims(model).n_layers
+    print(f"model: {path}  ({n_layers} layers)")
+    print(f"{'condition':12s} {'logp/token':>10s} {'delta':>8s}  greedy continuation of 'Once upon a time'")
+    print(f"{'baseline':12s} {base_logp:10.4f} {0.0:8.4f}  {base_text}")
+    for layer in range(n_layers):
+        with dp.ablate(model, dp.skip_layer(layer)):
+            logp, text = score()
+        print(f"{f'skip:L{layer}':12s} {logp:10.4f} {logp - base_logp:8.4f}  {text}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="depthprobe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the model aliases load_model accepts").set_defaults(func=cmd_models)
+    demo = sub.add_parser("demo", help="skip each layer of stories260K in turn and report the damage")
+    demo.add_argument("--model", help="a local model directory (default: ../shared/models/stories260K)")
+    demo.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

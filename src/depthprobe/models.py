@@ -1,0 +1,194 @@
+"""Loading decoder LLMs as TransformerLens hooked models (``TransformerBridge``).
+
+The bridge wraps the real Hugging Face model and puts named hook points on it. Weight
+processing is never applied, so every weight stays 1:1 with the checkpoint and the
+bridge's logits equal the Hugging Face model's exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+__all__ = [
+    "MODEL_ALIASES",
+    "ModelDims",
+    "ModelNotFoundError",
+    "list_models",
+    "load_model",
+    "model_dims",
+    "resolve_model",
+]
+
+#: Short names for the study's models, mapped to their Hugging Face hub ids.
+MODEL_ALIASES: dict[str, str] = {
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "llama-1-7b": "huggyllama/llama-7b",
+    "r1-distill-llama-8b": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is neither a local directory nor in the Hugging Face cache (when offline)."""
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes interventions are validated against."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+
+def model_dims(model: TransformerBridge) -> ModelDims:
+    """Layer and head counts of a loaded model, read from its Hugging Face config."""
+    cfg = model.cfg
+    n_heads = int(cfg.n_heads)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    return ModelDims(
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(n_kv),
+        d_head=int(cfg.d_head),
+        d_model=int(cfg.d_model),
+    )
+
+
+def list_models() -> dict[str, str]:
+    """Every short name ``load_model`` accepts, mapped to what it loads (hub id or directory)."""
+    names = dict(MODEL_ALIASES)
+    try:
+        from depthprobe.organisms import CHECKPOINTS_DIR, ORGANISMS
+    except ImportError:
+        return names
+    for name in ORGANISMS:
+        names[name] = str(CHECKPOINTS_DIR / name)
+    return names
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or os.environ.get(
+        "TRANSFORMERS_OFFLINE", "0"
+    ).lower() in {"1", "true", "yes"}
+
+
+def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
+    """Turn an alias, a local directory or a hub id into what ``boot_transformers`` loads.
+
+    Raises ``ModelNotFoundError`` with one readable line when the model cannot be found
+    locally and the hub cannot be reached (``HF_HUB_OFFLINE=1``) or does not have it.
+    """
+    name = str(name_or_path)
+    known = list_models()
+    if name in known:
+        name = known[name]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{path} is a directory but holds no config.json; point at a Hugging Face model directory"
+            )
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"model directory {name!r} does not exist")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json")
+    if isinstance(cached, str):
+        return name
+    if _offline():
+        raise ModelNotFoundError(
+            f"model {name!r} is not in the local Hugging Face cache and the hub is offline; "
+            f"pass a local directory with config.json and weights (load_model('/path/to/model')), "
+            f"or one of: {', '.join(sorted(known))}"
+        )
+    return name
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _as_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    valid = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in valid:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(valid)}")
+    return valid[dtype]
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | None = None,
+    **kw: Any,
+) -> TransformerBridge:
+    """Load a decoder LLM as a TransformerLens ``TransformerBridge``, ready for hooked inference.
+
+    ``name_or_path`` is a short alias (``list_models()``), a local Hugging Face directory
+    or a hub id. Defaults: bfloat16 on GPU, float32 on CPU. The model is in eval mode with
+    gradients off and no weight processing, so hooks see the checkpoint's own activations.
+    Extra keyword arguments go to ``TransformerBridge.boot_transformers``.
+    """
+    install_kv_cache_shim()
+    source = resolve_model(name_or_path)
+    device = device or _default_device()
+    torch_dtype = _as_dtype(dtype, device)
+    try:
+        model = TransformerBridge.boot_transformers(source, dtype=torch_dtype, device=device, **kw)
+    except OSError as err:  # hub lookups that fail deep inside transformers
+        raise ModelNotFoundError(
+            f"could not load model {str(name_or_path)!r}: {str(err).splitlines()[0]}; "
+            f"pass a local directory with config.json and weights"
+        ) from None
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+_SHIM_ATTR = "_depthprobe_cache_kwarg_shim"
+
+# The bridge passes the cache under its old name; transformers >= 5.24 warns on every forward.
+warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+
+
+def install_kv_cache_shim() -> None:
+    """Make the bridge's KV cache work on transformers >= 5.24.
+
+    transformers 5.24 renamed the attention keyword ``past_key_values`` to ``cache``; the
+    bridge's ``AttentionBridge._update_kv_cache`` reads only the old name, so cached
+    generation silently attends to the current token alone. This forwards the new name.
+    Idempotent; a no-op for versions that still pass ``past_key_values``.
+    """
+    original = AttentionBridge._update_kv_cache
+    if getattr(original, _SHIM_ATTR, False):
+        return
+
+    def _update_kv_cache(self: AttentionBridge, k: torch.Tensor, v: torch.Tensor, **kwargs: Any):
+        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return original(self, k, v, **kwargs)
+
+    setattr(_update_kv_cache, _SHIM_ATTR, True)
+    AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]
