@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 
-def hf_copy(path: str | Path) -> PreTrainedModel:
-    """A fresh Hugging Face model, eager attention, float32, eval mode."""
+@lru_cache(maxsize=None)
+def pristine(path: str) -> PreTrainedModel:
+    """The unedited Hugging Face model of ``path``, loaded once; never edit it (use hf_copy)."""
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
     return model.eval().requires_grad_(False)
+
+
+def hf_copy(path: str | Path) -> PreTrainedModel:
+    """A fresh, independent Hugging Face model (eager attention, float32, eval mode) to edit freely."""
+    return copy.deepcopy(pristine(str(path)))
 
 
 def layers(model: PreTrainedModel) -> torch.nn.ModuleList:
