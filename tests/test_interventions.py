@@ -410,3 +410,11 @@ class TestShapeChecking:
 
         with pytest.raises(TypeCheckError):
             zero_heads(torch.zeros(2, 3, 4), None, heads=(0,))
+
+
+class TestOProjSourceByName:
+    def test_uncached_hub_source_offline_is_a_clear_error(self, tiny_llama_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with pytest.raises(ValueError, match="o_proj source: model 'depthprobe-tests/no-such-model' is not in the local"):
+            dp.patch_o_proj(0, "depthprobe-tests/no-such-model", target=bridge(tiny_llama_dir))

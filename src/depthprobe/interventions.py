@@ -249,26 +249,24 @@ def load_o_proj_weights(source: OProjSource, layers: Iterable[int]) -> dict[int,
     layers = sorted(set(layers))
     if isinstance(source, torch.nn.Module):
         return {layer: _o_proj_param(source, layer).detach() for layer in layers}
-    path = Path(source)
-    if not path.is_dir():
-        raise ValueError(f"o_proj source {str(path)!r} is not a model or a checkpoint directory")
-    from safetensors import safe_open
-
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
+    fetch = _checkpoint_files(source)
+    index = fetch("model.safetensors.index.json")
+    if index is not None:
         import json
 
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-    elif (path / "model.safetensors").is_file():
-        weight_map = None  # type: ignore[assignment]
+        weight_map: dict[str, str] | None = json.loads(index.read_text())["weight_map"]
+    elif fetch("model.safetensors") is not None:
+        weight_map = None
     else:
-        raise ValueError(f"{path} holds no model.safetensors or model.safetensors.index.json")
+        raise ValueError(f"{source} holds no model.safetensors or model.safetensors.index.json")
+    from safetensors import safe_open
+
     out: dict[int, Tensor] = {}
     for layer in layers:
         key = f"model.layers.{layer}.self_attn.o_proj.weight"
-        file = path / (weight_map.get(key, "") if weight_map is not None else "model.safetensors")
         if weight_map is not None and key not in weight_map:
-            raise ValueError(f"{path} has no tensor {key}; is it a Llama/Qwen-style checkpoint with that many layers?")
+            raise ValueError(f"{source} has no tensor {key}; is it a Llama/Qwen-style checkpoint with that many layers?")
+        file = fetch(weight_map[key] if weight_map is not None else "model.safetensors")
         with safe_open(str(file), framework="pt") as f:
             if key not in f.keys():
                 raise ValueError(f"{file} has no tensor {key}")
@@ -276,13 +274,44 @@ def load_o_proj_weights(source: OProjSource, layers: Iterable[int]) -> dict[int,
     return out
 
 
+def _checkpoint_files(source: Union[str, os.PathLike]) -> Callable[[str], Path | None]:
+    """A function returning the local path of one file of a checkpoint directory or hub model, or None.
+
+    For a hub id (or alias) only the requested files are fetched — or found in the cache
+    when offline — so the shards without the needed tensors are never downloaded.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return lambda name: (path / name) if (path / name).is_file() else None
+    if str(source).startswith((".", "/", "~")) or not str(source).strip():
+        raise ValueError(f"o_proj source {str(source)!r} is not a model or a checkpoint directory")
+    from huggingface_hub import hf_hub_download
+
+    from depthprobe.models import ModelNotFoundError, resolve_model
+
+    try:
+        repo = resolve_model(str(source))
+    except ModelNotFoundError as err:
+        raise ValueError(f"o_proj source: {err}") from None
+    if Path(repo).is_dir():
+        return _checkpoint_files(repo)
+
+    def fetch(name: str) -> Path | None:
+        try:
+            return Path(hf_hub_download(repo, name))
+        except Exception:  # missing file, or offline and not cached: the caller names what it needed
+            return None
+
+    return fetch
+
+
 def _source_model_type(source: OProjSource) -> str | None:
     if isinstance(source, torch.nn.Module):
         return _model_type(source)
     if isinstance(source, Tensor):
         return None
-    cfg = Path(source) / "config.json"
-    if cfg.is_file():
+    cfg = _checkpoint_files(source)("config.json")
+    if cfg is not None:
         import json
 
         return json.loads(cfg.read_text()).get("model_type")

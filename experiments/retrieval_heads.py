@@ -1,0 +1,39 @@
+"""Sec. 5 — retrieval heads: every head of the given layers zero-ablated in turn on KV retrieval.
+
+The study finds a few heads in layers 8 and 10 of LLaMA-1 7B whose removal breaks retrieval.
+"""
+
+import sys
+
+from depthprobe import cli, model_dims, plots
+from depthprobe.sweep import head_grid
+
+STUDY_TASK, ORGANISM_TASK = "kv_retrieval", "organism_retrieval"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.experiment_parser(__doc__, default_model="organism-base",
+                                   study_example="python experiments/retrieval_heads.py --model llama-1-7b --layers 8 10")
+    parser.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="layers whose heads to sweep (default: 8 10 for the study's models, 0 1 for organisms)")
+    args = parser.parse_args(argv)
+    model = cli.load(args)
+    organism = cli.is_organism(args.model)
+    layers = cli.check_layers(model, args.layers or ([0, 1] if organism else [8, 10]), "--layers")
+    task = ORGANISM_TASK if organism else STUDY_TASK
+    conditions = [c for layer in layers for c in head_grid(model, layer)]
+    df = cli.sweep(model, task, conditions, args, "retrieval_heads", task)
+    print(cli.summary(df, ["acc"], title=f"{task}: heads of layers {layers}"))
+    r = model_dims(model).group_size
+    for layer in layers:
+        cli.save(plots.head_attribution(df, layer, metric="acc", group_size=r,
+                                        title=f"{args.model}: {task}, heads of layer {layer}"),
+                 args, f"retrieval_heads_L{layer}")
+    if len(layers) > 1:
+        cli.save(plots.head_heatmap(df, metric="acc", title=f"{args.model}: {task}, delta acc per head"),
+                 args, "retrieval_heads_heatmap")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
