@@ -1,0 +1,298 @@
+"""Train the model organisms: ``python -m depthprobe.organisms.train --out DIR``.
+
+``organism-base`` is trained from scratch on a mixture of every task family; ``organism-distilled``
+continues from it on mostly chain-of-thought reasoning (with some replay of the other families),
+the miniature of base vs reasoning-distilled model in the study. Training is deterministic for a
+given seed and thread count: seeded initialisation, data drawn from seeded generators, a fixed
+batch order, deterministic CPU kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from depthprobe.organisms import data
+from depthprobe.organisms.tokenizer import build_tokenizer
+
+__all__ = ["ARCH", "BASE_MIX", "DISTILL_MIX", "build_model", "evaluate_all", "main", "train"]
+
+#: Llama architecture: RMSNorm, rotary, gated MLP, GQA (8 query heads over 2 KV heads), no biases.
+ARCH: dict[str, Any] = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    hidden_act="silu",
+    attention_bias=False,
+    mlp_bias=False,
+    tie_word_embeddings=True,
+    initializer_range=0.02,
+)
+
+#: Sampling weights of the training families.
+BASE_MIX = {"statement": 0.25, "closedbook": 0.15, "openbook": 0.1, "retrieval": 0.3, "reasoning": 0.2}
+DISTILL_MIX = {"statement": 0.05, "closedbook": 0.04, "openbook": 0.03, "retrieval": 0.08, "reasoning": 0.8}
+
+ANSWER_RE = re.compile(r"The answer is (\-?[0-9\.\,]+).")
+
+
+def build_model(tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **ARCH,
+    )
+    config._attn_implementation = "eager"
+    return LlamaForCausalLM(config)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, segments: list[tuple[str, bool]]) -> tuple[list[int], list[bool]]:
+    """Token ids (BOS + segments + EOS) and a loss flag per token (for predicting that token)."""
+    ids, flags = [tokenizer.bos_token_id], [False]
+    for text, has_loss in segments:
+        seg = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+        ids += seg
+        flags += [has_loss] * len(seg)
+    ids.append(tokenizer.eos_token_id)
+    flags.append(flags[-1])
+    return ids, flags
+
+
+def _batches(tokenizer: PreTrainedTokenizerBase, mix: dict[str, float], rng: random.Random,
+             chunk: int, tokens_per_batch: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Draw ``chunk`` documents, bucket them by length into batches of about ``tokens_per_batch``."""
+    fams, weights = list(mix), list(mix.values())
+    examples = [_encode(tokenizer, data.training_example(rng.choices(fams, weights)[0], rng)) for _ in range(chunk)]
+    examples.sort(key=lambda e: len(e[0]))
+    batches, cur = [], []
+    for ex in examples:
+        if cur and (len(cur) + 1) * len(ex[0]) > tokens_per_batch:
+            batches.append(cur)
+            cur = []
+        cur.append(ex)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    out = []
+    for b in batches:
+        width = max(len(ids) for ids, _ in b)
+        ids = torch.full((len(b), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(b), width), dtype=torch.long)
+        labels = torch.full((len(b), width), -100, dtype=torch.long)
+        for i, (toks, flags) in enumerate(b):
+            ids[i, : len(toks)] = torch.tensor(toks)
+            mask[i, : len(toks)] = 1
+            labels[i, : len(toks)] = torch.tensor([t if f else -100 for t, f in zip(toks, flags)])
+        out.append((ids, mask, labels))
+    return out
+
+
+def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: dict[str, float], steps: int,
+          lr: float, seed: int, warmup: int = 100, tokens_per_batch: int = 1024, log_every: int = 100,
+          monitor_every: int = 0, chunk: int = 2048, log: Any = print) -> list[dict[str, float]]:
+    """AdamW with linear warm-up and cosine decay to 10%; returns the logged losses."""
+    rng = random.Random(f"train-{seed}")
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
+    model.train()
+    queue: list[tuple[Tensor, Tensor, Tensor]] = []
+    history, running, n_run, t0 = [], 0.0, 0, time.time()
+    for step in range(steps):
+        if not queue:
+            queue = _batches(tokenizer, mix, rng, chunk=chunk, tokens_per_batch=tokens_per_batch)
+        ids, mask, labels = queue.pop()
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running, n_run = running + loss.item(), n_run + 1
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            history.append({"step": step + 1, "loss": round(running / n_run, 5)})
+            log(f"step {step + 1}/{steps} loss {running / n_run:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"{time.time() - t0:.0f}s")
+            running, n_run = 0.0, 0
+        if monitor_every and (step + 1) % monitor_every == 0 and step + 1 < steps:
+            model.eval()
+            log(f"monitor step {step + 1}: knowledge "
+                f"{multiple_choice_accuracy(model, tokenizer, data.knowledge_docs()):.3f} retrieval_8 "
+                f"{multiple_choice_accuracy(model, tokenizer, data.retrieval_docs(100, 8)):.3f} reasoning "
+                f"{reasoning_accuracy(model, tokenizer, data.reasoning_docs(50)):.3f}")
+            model.train()
+    model.eval()
+    return history
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation on the Hugging Face model (the tests re-measure through TransformerLens).
+
+def _right_pad(rows: Sequence[list[int]], pad: int) -> Int[Tensor, "batch pos"]:
+    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+@torch.no_grad()
+def multiple_choice_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                             docs: list[dict[str, Any]], batch_size: int = 64) -> float:
+    """Argmax of summed continuation log-prob (continuation = tail of tokenize(context + choice))."""
+    rows, spans = [], []
+    for d in docs:
+        n_ctx = len(tokenizer(d["context"])["input_ids"])
+        for c in d["choices"]:
+            ids = tokenizer(d["context"] + d["target_delimiter"] + c)["input_ids"]
+            rows.append(ids)
+            spans.append((n_ctx, len(ids)))
+    scores = []
+    for i in range(0, len(rows), batch_size):
+        ids = _right_pad(rows[i : i + batch_size], tokenizer.pad_token_id)
+        logp: Float[Tensor, "batch pos vocab"] = model(input_ids=ids).logits.float().log_softmax(-1)
+        for j, (a, b) in enumerate(spans[i : i + batch_size]):
+            tgt = ids[j, a:b]
+            scores.append(logp[j, a - 1 : b - 1].gather(-1, tgt[:, None]).sum().item())
+    correct, k = 0, 0
+    for d in docs:
+        s = scores[k : k + len(d["choices"])]
+        k += len(d["choices"])
+        correct += int(max(range(len(s)), key=s.__getitem__) == d["gold"])
+    return correct / len(docs)
+
+
+@torch.no_grad()
+def greedy_generate(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                    max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
+    """Greedy decoding without a cache (right padding, full recompute), stopping at EOS or a blank line."""
+    outs = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [tokenizer(p)["input_ids"] for p in prompts[i : i + batch_size]]
+        lens = [len(r) for r in rows]
+        gen: list[list[int]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        for _ in range(max_new_tokens):
+            ids = _right_pad([r + g for r, g in zip(rows, gen)], tokenizer.pad_token_id)
+            logits = model(input_ids=ids).logits
+            for j in range(len(rows)):
+                if done[j]:
+                    continue
+                nxt = int(logits[j, lens[j] + len(gen[j]) - 1].argmax())
+                if nxt == tokenizer.eos_token_id:
+                    done[j] = True
+                    continue
+                gen[j].append(nxt)
+                text = tokenizer.decode(gen[j])
+                if "\n\n" in text or "Q:" in text:
+                    done[j] = True
+            if all(done):
+                break
+        outs += [tokenizer.decode(g).split("\n\n")[0].split("Q:")[0] for g in gen]
+    return outs
+
+
+def extract_answer(generation: str) -> str | None:
+    """gsm8k_cot strict-match: the number after "The answer is", with "," "$" and a final "." removed."""
+    m = ANSWER_RE.search(generation)
+    if not m:
+        return None
+    return re.sub(r"\.$", "", m.group(1).replace(",", "").replace("$", ""))
+
+
+def reasoning_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
+                       docs: list[dict[str, Any]], shots: int = 0) -> float:
+    fewshot = data.reasoning_fewshot(shots)
+    gens = greedy_generate(model, tokenizer, [data.gsm8k_cot_prompt(d, fewshot) for d in docs])
+    return sum(extract_answer(g) == d["answer"] for g, d in zip(gens, docs)) / len(docs)
+
+
+def evaluate_all(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, n: int = 200) -> dict[str, float]:
+    """Accuracy per family on the default evaluation documents."""
+    return {
+        "knowledge": multiple_choice_accuracy(model, tokenizer, data.knowledge_docs()),
+        "closedbook": multiple_choice_accuracy(model, tokenizer, data.closedbook_docs()),
+        "openbook": multiple_choice_accuracy(model, tokenizer, data.openbook_docs(n)),
+        "retrieval_8": multiple_choice_accuracy(model, tokenizer, data.retrieval_docs(n, 8)),
+        "reasoning_0shot": reasoning_accuracy(model, tokenizer, data.reasoning_docs(n)),
+    }
+
+
+def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path, info: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="directory that receives organism-base/ and organism-distilled/")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-steps", type=int, default=5000)
+    p.add_argument("--distill-steps", type=int, default=1200)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--distill-lr", type=float, default=1e-3)
+    p.add_argument("--tokens-per-batch", type=int, default=1024)
+    p.add_argument("--monitor-every", type=int, default=1000, help="quick accuracy check every N steps (0: never)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (results are deterministic per thread count)")
+    p.add_argument("--eval-n", type=int, default=200)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    t_start = time.time()
+    tok_dir = args.out / "organism-base"
+    tokenizer = build_tokenizer(data.corpus_for_vocabulary(), tok_dir)
+    common = {"seed": args.seed, "threads": args.threads, "torch": torch.__version__, "arch": ARCH,
+              "tokens_per_batch": args.tokens_per_batch}
+
+    model = build_model(tokenizer, args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"organism-base: {n_params} parameters, vocabulary {len(tokenizer)}", flush=True)
+    hist = train(model, tokenizer, mix=BASE_MIX, steps=args.base_steps, lr=args.lr, seed=args.seed,
+                 tokens_per_batch=args.tokens_per_batch, monitor_every=args.monitor_every,
+                 log=lambda s: print("[base]", s, flush=True))
+    acc = evaluate_all(model, tokenizer, args.eval_n)
+    print("[base] accuracies", acc, flush=True)
+    _save(model, tokenizer, args.out / "organism-base",
+          {**common, "model": "organism-base", "parameters": n_params, "steps": args.base_steps, "lr": args.lr,
+           "mix": BASE_MIX, "losses": hist, "accuracies": acc, "seconds": round(time.time() - t_start, 1)})
+
+    t_distill = time.time()
+    hist = train(model, tokenizer, mix=DISTILL_MIX, steps=args.distill_steps, lr=args.distill_lr,
+                 seed=args.seed + 1, tokens_per_batch=args.tokens_per_batch,
+                 monitor_every=args.monitor_every, log=lambda s: print("[distilled]", s, flush=True))
+    acc = evaluate_all(model, tokenizer, args.eval_n)
+    print("[distilled] accuracies", acc, flush=True)
+    _save(model, tokenizer, args.out / "organism-distilled",
+          {**common, "model": "organism-distilled", "parameters": n_params, "init": "organism-base",
+           "steps": args.distill_steps, "lr": args.distill_lr, "mix": DISTILL_MIX, "losses": hist,
+           "accuracies": acc, "seconds": round(time.time() - t_distill, 1)})
+    print(f"total {time.time() - t_start:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
