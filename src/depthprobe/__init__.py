@@ -1,6 +1,7 @@
 """depthprobe: how much each layer and attention head of a decoder LLM contributes to a task,
 and how that answer changes with the evaluation protocol."""
 
+from depthprobe.evaluation import EvalResult, evaluate
 from depthprobe.interventions import (
     Intervention,
     ablate,
@@ -14,13 +15,23 @@ from depthprobe.interventions import (
     zero_kv_group,
 )
 from depthprobe.models import ModelNotFoundError, list_models, load_model, model_dims
+from depthprobe.results import load_results
+from depthprobe.sweep import run_sweep
+from depthprobe.tasks import get_task, list_tasks, register_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EvalResult",
     "Intervention",
     "ModelNotFoundError",
     "ablate",
+    "evaluate",
+    "get_task",
+    "list_tasks",
+    "load_results",
+    "register_task",
+    "run_sweep",
     "list_models",
     "load_model",
     "model_dims",

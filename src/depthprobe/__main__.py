@@ -58,6 +58,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A custom sweep: one task, one grid, stored and resumable under --out."""
+    from depthprobe import cli
+
+    model = cli.load(args)
+    options = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
+    df = cli.sweep(model, args.task, args.grid, args, "sweep", args.task, args.grid.replace(":", "_"), **options)
+    print(cli.summary(df, [cli.primary_metric(args.task)], title=f"{args.task}: {args.grid}"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="depthprobe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="skip each layer of stories260K in turn and report the damage")
     demo.add_argument("--model", help="a local model directory (default: ../shared/models/stories260K)")
     demo.set_defaults(func=cmd_demo)
+    from depthprobe import cli
+
+    sweep = cli.experiment_parser("a custom sweep", default_model="organism-base",
+                                  study_example="python -m depthprobe sweep --model qwen3-8b --task mmlu --grid layers")
+    sweep = sub.add_parser("sweep", parents=[sweep], add_help=False, help="run a custom sweep (resumable)")
+    sweep.add_argument("--task", required=True, help="a task name (python -c 'import depthprobe; print(depthprobe.list_tasks())')")
+    sweep.add_argument("--grid", default="layers", help="layers | heads:L | groups:L | head_weights:L | blocks:N")
+    sweep.add_argument("--num-fewshot", type=int, default=None)
+    sweep.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,203 @@
+"""``evaluate``: run one task on a model (with whatever interventions are active) and return per-sample results."""
+
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from depthprobe.evaluation.loglikelihood import model_max_length, score_choices
+from depthprobe.evaluation.metrics import choice_predictions, exact_match, mean_stderr
+from depthprobe.tasks import Task, get_task
+
+__all__ = ["EvalResult", "choice_result", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    """Aggregated ``metrics`` (lm-eval names, each with ``<name>_stderr``) and one ``samples`` row per document.
+
+    ``stats`` records the work done: documents, requests, forwards, token positions computed,
+    left-truncated requests, generations that hit ``max_gen_toks``, wall time.
+    """
+
+    task: str
+    metrics: dict[str, float]
+    samples: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items() if "_stderr" not in k)
+        return f"EvalResult(task={self.task!r}, n={len(self.samples)}, {shown})"
+
+
+def evaluate(
+    model: Any,
+    task: str | Task,
+    *,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_gen_toks: int | None = None,
+    chat: bool = False,
+    enable_thinking: bool | None = None,
+    **task_options: Any,
+) -> EvalResult:
+    """Evaluate ``model`` (a ``TransformerBridge``) on ``task`` and return an ``EvalResult``.
+
+    Multiple-choice tasks are scored by log-likelihood (see ``evaluation.loglikelihood``);
+    generation tasks by greedy decoding with ``depthprobe.generation``. Hooks active on the
+    model (``depthprobe.ablate``) apply throughout. ``task_options`` go to the task
+    (``subjects=`` for MMLU, ``n_pairs=`` for kv_retrieval, ...).
+
+    ``chat=True`` renders each generation prompt as one user turn of the tokenizer's chat
+    template; ``enable_thinking`` switches Qwen3's reasoning on or off, and with it on the
+    answer is extracted after ``</think>`` and ``max_gen_toks`` is the whole budget.
+    """
+    if (chat or enable_thinking is not None) and get_task(task, **task_options).output_type != "generate_until":
+        raise ValueError("chat=/enable_thinking= apply to generation tasks only; log-likelihood tasks score plain prompts")
+    if enable_thinking is not None and not chat:
+        raise ValueError("enable_thinking needs chat=True (it is a switch of the chat template)")
+    t = get_task(task, **task_options)
+    start = time.perf_counter()
+    instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
+    k = t.default_num_fewshot if num_fewshot is None else num_fewshot
+    config = {"task": t.name, "limit": limit, "num_fewshot": k, "batch_size": batch_size, **task_options}
+    if chat:
+        config.update(chat=True, enable_thinking=enable_thinking)
+    if t.output_type == "multiple_choice":
+        result = _evaluate_choices(model, t, instances, batch_size, config)
+    else:
+        result = _evaluate_generation(model, t, instances, batch_size, max_gen_toks, config,
+                                      chat=chat, enable_thinking=enable_thinking)
+    result.stats["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def _aggregate(samples: pd.DataFrame, columns: dict[str, str]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name, column in columns.items():
+        values = [float(v) for v in samples[column]]
+        metrics[name] = sum(values) / len(values)
+        stderr_name = name.replace(",", "_stderr,", 1) if "," in name else f"{name}_stderr"
+        metrics[stderr_name] = mean_stderr(values)
+    return metrics
+
+
+def _evaluate_choices(model, task: Task, instances, batch_size: int, config) -> EvalResult:
+    scores, stats = score_choices(model, [(i.prompt, i.continuations) for i in instances], batch_size=batch_size)
+    return choice_result(task, instances, scores, config, {
+        "n_docs": len(instances),
+        "n_requests": stats.n_requests,
+        "n_forwards": stats.n_forwards,
+        "n_token_forwards": stats.n_token_forwards,
+        "n_truncated": stats.n_truncated,
+        "max_length": model_max_length(model, model.tokenizer),
+    })
+
+
+def choice_result(task: Task, instances, scores, config: dict[str, Any], stats: dict[str, Any]) -> EvalResult:
+    """Per-sample rows and metrics of a multiple-choice task from already computed ``DocScores``.
+
+    The seam that lets a sweep score many conditions at once (``depthprobe.sweep``) and still
+    report exactly what ``evaluate`` reports.
+    """
+    rows = []
+    for inst, s in zip(instances, scores):
+        preds = choice_predictions(s.loglikelihoods, inst.choices, s.n_tokens)
+        rows.append(
+            {
+                "doc_id": inst.doc_id,
+                "prompt": inst.prompt,
+                "choices": list(inst.choices),
+                "loglikelihoods": list(s.loglikelihoods),
+                "is_greedy": list(s.is_greedy),
+                "n_tokens": list(s.n_tokens),
+                "truncated": s.truncated,
+                "prediction": preds["acc"],
+                "prediction_norm": preds["acc_norm"],
+                "prediction_token_norm": preds["acc_token_norm"],
+                "target": inst.target,
+                "correct": preds["acc"] == inst.target,
+                "correct_norm": preds["acc_norm"] == inst.target,
+                "correct_token_norm": preds["acc_token_norm"] == inst.target,
+            }
+        )
+    samples = pd.DataFrame(rows)
+    metrics = _aggregate(samples, {"acc": "correct", "acc_norm": "correct_norm", "acc_token_norm": "correct_token_norm"})
+    return EvalResult(task.name, metrics, samples, config, dict(stats))
+
+
+def _shared_prefix(prompts: list[str], delimiter: str) -> str:
+    """The few-shot block every prompt starts with (cut after a shot delimiter), or ""."""
+    if len(prompts) < 2 or not delimiter:
+        return ""
+    common = os.path.commonprefix(prompts)
+    cut = common.rfind(delimiter)
+    return common[: cut + len(delimiter)] if cut >= 0 else ""
+
+
+def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_toks: int | None, config,
+                         *, chat: bool = False, enable_thinking: bool | None = None) -> EvalResult:
+    try:
+        from depthprobe.generation import generate_until
+    except ImportError as err:
+        raise NotImplementedError(
+            f"task {task.name!r} needs greedy generation (depthprobe.generation.generate_until), "
+            f"which is not available in this installation ({err})"
+        ) from None
+    gen = task.generation
+    assert gen is not None
+    budget = gen.max_gen_toks if max_gen_toks is None else max_gen_toks
+    config["max_gen_toks"] = budget
+    prompts = [i.prompt for i in instances]
+    if chat:
+        from depthprobe.chat import generate_chat
+
+        prefix = ""
+        outputs = generate_chat(model, prompts, until=list(gen.until), enable_thinking=enable_thinking,
+                                max_gen_toks=budget, batch_size=batch_size)
+    else:
+        prefix = _shared_prefix(prompts, task.fewshot_delimiter)
+        outputs = generate_until(
+            model, [p[len(prefix):] for p in prompts], until=list(gen.until), max_gen_toks=budget,
+            batch_size=batch_size, prefix=prefix or None,
+        )
+    rows = []
+    for inst, out in zip(instances, outputs):
+        row: dict[str, Any] = {
+            "doc_id": inst.doc_id,
+            "prompt": inst.prompt,
+            "generation": out.text,
+            "n_generated_tokens": out.n_tokens,
+            "hit_stop": out.hit_stop,
+            "target": inst.target,
+        }
+        for f in gen.filters:
+            extracted = f.apply(out.text)
+            row[f"extracted,{f.name}"] = extracted
+            row[f"exact_match,{f.name}"] = exact_match(
+                extracted, str(inst.target), ignore_case=gen.ignore_case,
+                ignore_punctuation=gen.ignore_punctuation, regexes_to_ignore=gen.regexes_to_ignore,
+            )
+        primary = gen.filters[0].name
+        row["extracted"] = row[f"extracted,{primary}"]
+        row["exact_match"] = row[f"exact_match,{primary}"]
+        row["prediction"] = row["extracted"]
+        row["correct"] = row["exact_match"]
+        rows.append(row)
+    samples = pd.DataFrame(rows)
+    metrics = _aggregate(samples, {f"exact_match,{f.name}": f"exact_match,{f.name}" for f in gen.filters})
+    run_stats = {
+        "n_docs": len(instances),
+        "n_generated_tokens": int(samples["n_generated_tokens"].sum()),
+        "n_hit_max_gen_toks": int((~samples["hit_stop"].astype(bool)).sum()),
+        "n_prompt_truncated": sum(bool(getattr(o, "prompt_truncated", False)) for o in outputs),
+        "shared_prefix_chars": len(prefix),
+        "n_prefix_reused": sum(bool(getattr(o, "prefix_reused", False)) for o in outputs),
+    }
+    return EvalResult(task.name, metrics, samples, config, run_stats)

@@ -1,0 +1,196 @@
+"""What a task is: documents, lm-eval's prompt template, choices or generation settings.
+
+A task turns a dataset split into ``Instance`` objects (one per document) whose ``prompt``
+is exactly the context string lm-eval 0.4.13 would build: description, then each few-shot
+example as ``text + target_delimiter + answer + fewshot_delimiter``, then the document's text.
+"""
+
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from depthprobe.data import DatasetRef, load_split
+
+__all__ = ["AnswerFilter", "GenerationConfig", "Instance", "Task"]
+
+OutputType = Literal["multiple_choice", "generate_until"]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One document ready to evaluate: the full prompt and the choices or target."""
+
+    doc_id: int
+    prompt: str
+    target: int | str
+    choices: tuple[str, ...] | None = None
+    #: String put between the prompt and each choice when scoring (lm-eval ``target_delimiter``).
+    target_delimiter: str = " "
+    doc: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def continuations(self) -> list[str]:
+        """The scored continuation of each choice, as lm-eval requests it."""
+        assert self.choices is not None
+        return [self.target_delimiter + c for c in self.choices]
+
+
+@dataclass(frozen=True)
+class AnswerFilter:
+    """An lm-eval answer-extraction pipeline (``filter_list`` entry), declared and runnable.
+
+    ``steps`` are lm-eval filter functions: ``("regex", pattern, group_select)``,
+    ``("remove_whitespace",)`` (strip leading spaces) and ``("take_first",)``.
+    """
+
+    name: str
+    steps: tuple[tuple[Any, ...], ...]
+    fallback: str = "[invalid]"
+
+    def apply(self, text: str) -> str:
+        """The extracted answer for one generation, as lm-eval's filters compute it."""
+        out = text
+        for step in self.steps:
+            kind = step[0]
+            if kind == "regex":
+                pattern, group_select = step[1], step[2] if len(step) > 2 else 0
+                found = re.findall(pattern, out)
+                if not found:
+                    out = self.fallback
+                    continue
+                match = found[group_select]
+                if isinstance(match, tuple):
+                    nonempty = [m for m in match if m]
+                    match = nonempty[0] if nonempty else self.fallback
+                out = match.strip()
+            elif kind == "remove_whitespace":
+                out = out.lstrip()
+            elif kind == "take_first":
+                pass  # one generation per document: the first is the only one
+            else:
+                raise ValueError(f"unknown filter step {kind!r}; valid: regex, remove_whitespace, take_first")
+        return out
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How a ``generate_until`` task decodes and scores (lm-eval ``generation_kwargs`` etc.)."""
+
+    until: tuple[str, ...]
+    filters: tuple[AnswerFilter, ...]
+    max_gen_toks: int = 256
+    ignore_case: bool = False
+    ignore_punctuation: bool = False
+    regexes_to_ignore: tuple[str, ...] = ()
+
+
+class Task:
+    """Base class: subclasses set the dataset and override the ``doc_to_*`` templates."""
+
+    name: str = ""
+    output_type: OutputType = "multiple_choice"
+    dataset: DatasetRef | None = None
+    test_split: str = "test"
+    fewshot_split: str | None = None
+    default_num_fewshot: int = 0
+    target_delimiter: str = " "
+    fewshot_delimiter: str = "\n\n"
+    generation: GenerationConfig | None = None
+    #: Metrics reported for multiple-choice tasks (all are always computed per sample).
+    metric_names: tuple[str, ...] = ("acc", "acc_norm", "acc_token_norm")
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise ValueError(f"task {self.name!r} takes no options; got {', '.join(sorted(options))}")
+
+    # --- templates (lm-eval doc_to_text / doc_to_choice / doc_to_target) -------------
+    def doc_to_text(self, doc: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def doc_to_choice(self, doc: dict[str, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def doc_to_target(self, doc: dict[str, Any]) -> int | str:
+        raise NotImplementedError
+
+    def description(self, doc: dict[str, Any]) -> str:
+        return ""
+
+    def fewshot_answer(self, doc: dict[str, Any]) -> str:
+        """The answer text of a few-shot example (the gold choice, or the target string)."""
+        target = self.doc_to_target(doc)
+        if isinstance(target, int):
+            return self.doc_to_choice(doc)[target]
+        return target
+
+    # --- documents ----------------------------------------------------------------------
+    def process_docs(self, docs: list) -> list:
+        return docs
+
+    def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
+        assert self.dataset is not None
+        return self.process_docs(load_split(self.dataset, self.test_split, data_dir))
+
+    def fewshot_pool(self, doc: dict[str, Any], data_dir: str | os.PathLike[str] | None) -> Sequence:
+        """The documents few-shot examples for ``doc`` are drawn from, in sampling order."""
+        if self.fewshot_split is None:
+            return []
+        assert self.dataset is not None
+        if not hasattr(self, "_pool_cache"):
+            self._pool_cache = self.process_docs(load_split(self.dataset, self.fewshot_split, data_dir))
+        return self._pool_cache
+
+    def fewshot_examples(
+        self, doc: dict[str, Any], k: int, doc_index: int, data_dir: str | os.PathLike[str] | None
+    ) -> Sequence:
+        """The ``k`` examples shown before ``doc`` (lm-eval's ``first_n`` sampler by default)."""
+        pool = self.fewshot_pool(doc, data_dir)
+        if k > len(pool):
+            raise ValueError(
+                f"num_fewshot={k} exceeds the {len(pool)} few-shot examples task {self.name!r} has for this document"
+            )
+        return pool[:k]
+
+    def build_prompt(self, doc: dict[str, Any], shots: Sequence) -> str:
+        """lm-eval's plain-text ``fewshot_context``: description + shots + document text."""
+        parts = [self.description(doc)]
+        for shot in shots:
+            parts.append(self.doc_to_text(shot) + self.target_delimiter + self.fewshot_answer(shot) + self.fewshot_delimiter)
+        parts.append(self.doc_to_text(doc))
+        return "".join(parts)
+
+    def instances(
+        self,
+        *,
+        limit: int | None = None,
+        num_fewshot: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> list[Instance]:
+        """The first ``limit`` documents of the test split as ready-to-score instances."""
+        k = self.default_num_fewshot if num_fewshot is None else num_fewshot
+        if k < 0:
+            raise ValueError(f"num_fewshot must be >= 0, got {k}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of documents, got {limit}")
+        docs = self.test_docs(data_dir)
+        if not docs:
+            raise ValueError(f"task {self.name!r}: the dataset has no documents")
+        docs = docs[:limit] if limit is not None else docs
+        out = []
+        for i, doc in enumerate(docs):
+            shots = self.fewshot_examples(doc, k, i, data_dir) if k else []
+            prompt = self.build_prompt(doc, shots)
+            target = self.doc_to_target(doc)
+            choices = None
+            if self.output_type == "multiple_choice":
+                choices = tuple(self.doc_to_choice(doc))
+                if len(choices) < 2:
+                    raise ValueError(
+                        f"task {self.name!r} document {i} has {len(choices)} choice(s); multiple choice needs at least 2"
+                    )
+                if not (isinstance(target, int) and 0 <= target < len(choices)):
+                    raise ValueError(f"task {self.name!r} document {i}: target {target!r} is not a choice index")
+            out.append(Instance(i, prompt, target, choices, self.target_delimiter, doc))
+        return out
