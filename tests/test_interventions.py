@@ -27,15 +27,9 @@ from depthprobe.tiny import make_tiny_model
 
 from . import surgery
 
+from .bridges import bridge
+
 ATOL = 1e-5
-_BRIDGES: dict[Path, torch.nn.Module] = {}
-
-
-def bridge(path: Path) -> torch.nn.Module:
-    """One TransformerBridge per checkpoint for the whole session (interventions never edit weights)."""
-    if path not in _BRIDGES:
-        _BRIDGES[path] = dp.load_model(path)
-    return _BRIDGES[path]
 
 
 def tokens(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:

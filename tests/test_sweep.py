@@ -30,14 +30,9 @@ from depthprobe.sweep import (
 )
 from depthprobe.results import load_results
 
+from .bridges import bridge
+
 ATOL = 1e-5
-_BRIDGES: dict[Path, torch.nn.Module] = {}
-
-
-def bridge(path: Path) -> torch.nn.Module:
-    if path not in _BRIDGES:
-        _BRIDGES[path] = dp.load_model(path)
-    return _BRIDGES[path]
 
 
 def padded_batch(model: torch.nn.Module, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

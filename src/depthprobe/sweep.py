@@ -21,12 +21,11 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import pandas as pd
 import torch
-from jaxtyping import Int
+from depthprobe.types import TokenMask, Tokens
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -64,8 +63,7 @@ __all__ = [
 
 BASELINE = "baseline"
 Condition = Sequence[Intervention]
-#: 1 for real tokens, 0 for padding (an alias, so ``AttentionMask | None`` type-checks under typeguard).
-AttentionMask = Int[Tensor, "batch pos"]
+#: 1 for real tokens, 0 for padding (an alias, so ``TokenMask | None`` type-checks under typeguard).
 
 
 def condition_id(condition: Condition) -> str:
@@ -219,8 +217,8 @@ def _chunks(conditions: Sequence[Condition], members: list[int], size: int) -> l
 
 def iter_condition_logits(
     model: torch.nn.Module,
-    input_ids: Int[Tensor, "batch pos"],
-    attention_mask: AttentionMask | None,
+    input_ids: Tokens,
+    attention_mask: TokenMask | None,
     conditions: Sequence[Condition],
     *,
     max_rows: int | None = None,
@@ -278,8 +276,8 @@ def _iter_condition_logits(model, input_ids, attention_mask, conditions, dims, m
 
 def condition_logits(
     model: torch.nn.Module,
-    input_ids: Int[Tensor, "batch pos"],
-    attention_mask: AttentionMask | None,
+    input_ids: Tokens,
+    attention_mask: TokenMask | None,
     conditions: Sequence[Condition],
     *,
     max_rows: int | None = None,
