@@ -1,8 +1,9 @@
 """The shipped model organisms: format, architecture, quality and structure, measured through TransformerLens.
 
-Scoring here is deliberately independent of ``depthprobe.evaluate`` and of the training script's own
-evaluation: summed continuation log-probabilities from the bridge's logits, and greedy decoding by
-full recomputation with the bridge (no KV cache).
+Multiple-choice scoring here is deliberately independent of ``depthprobe.evaluate`` and of the
+training script's own evaluation: summed continuation log-probabilities from the bridge's logits.
+Greedy decoding uses ``depthprobe.generation.generate_until`` (KV-cached, batched), checked here
+against decoding by full recomputation on a few prompts.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,11 +18,15 @@ from safetensors.torch import load_file
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
+import depthprobe
+from depthprobe.generation import generate_until
+from depthprobe.interventions import skip_layer, zero_head
 from depthprobe.organisms import ORGANISMS, checkpoint_path, data
 from depthprobe.organisms.tokenizer import build_tokenizer
 
 N_EVAL = 100
 ANSWER_RE = re.compile(r"The answer is (\-?[0-9\.\,]+).")
+STOPS = ["Q:", "\n\n"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -36,7 +40,7 @@ def _pad(rows: list[list[int]], pad: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mc_accuracy(bridge: TransformerBridge, tok, docs: list[dict], fwd_hooks=()) -> float:
+def mc_accuracy(bridge: TransformerBridge, tok, docs: list[dict], interventions=()) -> float:
     """lm-eval ``acc``: argmax over choices of the summed log-prob of tail(tok(ctx + delim + choice))."""
     rows, spans = [], []
     for d in docs:
@@ -46,11 +50,11 @@ def mc_accuracy(bridge: TransformerBridge, tok, docs: list[dict], fwd_hooks=()) 
             rows.append(ids)
             spans.append((n_ctx, len(ids)))
     scores = []
-    with bridge.hooks(fwd_hooks=list(fwd_hooks)):
-        for i in range(0, len(rows), 128):
-            ids = _pad(rows[i : i + 128], tok.pad_token_id)
+    with depthprobe.ablate(bridge, *interventions):
+        for i in range(0, len(rows), 256):
+            ids = _pad(rows[i : i + 256], tok.pad_token_id)
             logp = bridge(ids, return_type="logits").log_softmax(-1)
-            for j, (a, b) in enumerate(spans[i : i + 128]):
+            for j, (a, b) in enumerate(spans[i : i + 256]):
                 scores.append(logp[j, a - 1 : b - 1].gather(-1, ids[j, a:b, None]).sum().item())
     correct, k = 0, 0
     for d in docs:
@@ -61,50 +65,62 @@ def mc_accuracy(bridge: TransformerBridge, tok, docs: list[dict], fwd_hooks=()) 
 
 
 @torch.no_grad()
-def greedy(bridge: TransformerBridge, tok, prompts: list[str], max_new_tokens: int = 40) -> list[str]:
-    """Greedy generation by full recomputation on right-padded rows (causal: pads never leak back)."""
-    rows = [tok(p)["input_ids"] for p in prompts]
-    gen: list[list[int]] = [[] for _ in rows]
-    live = set(range(len(rows)))
-    for _ in range(max_new_tokens):
-        idx = sorted(live)
-        ids = _pad([rows[i] + gen[i] for i in idx], tok.pad_token_id)
-        logits = bridge(ids, return_type="logits")
-        for j, i in enumerate(idx):
-            nxt = int(logits[j, len(rows[i]) + len(gen[i]) - 1].argmax())
+def greedy_recompute(bridge: TransformerBridge, tok, prompts: list[str], max_new_tokens: int = 40) -> list[str]:
+    """Reference greedy decoding by full recomputation, one prompt at a time (no cache, no padding)."""
+    outs = []
+    for p in prompts:
+        ids = tok(p)["input_ids"]
+        gen: list[int] = []
+        for _ in range(max_new_tokens):
+            nxt = int(bridge(torch.tensor([ids + gen]), return_type="logits")[0, -1].argmax())
             if nxt == tok.eos_token_id:
-                live.discard(i)
-                continue
-            gen[i].append(nxt)
-            if "Q:" in tok.decode(gen[i]) or "\n\n" in tok.decode(gen[i]):
-                live.discard(i)
-        if not live:
-            break
-    return [tok.decode(g).split("Q:")[0].split("\n\n")[0] for g in gen]
+                break
+            gen.append(nxt)
+            if any(s in tok.decode(gen) for s in STOPS):
+                break
+        text = tok.decode(gen)
+        for s in STOPS:
+            text = text.split(s)[0]
+        outs.append(text)
+    return outs
 
 
-def reasoning_accuracy(bridge: TransformerBridge, tok, docs: list[dict]) -> float:
+def greedy(bridge: TransformerBridge, prompts: list[str], max_new_tokens: int = 40) -> list[str]:
+    gens = generate_until(bridge, prompts, until=STOPS, max_gen_toks=max_new_tokens, batch_size=len(prompts))
+    return [g.text for g in gens]
+
+
+def extract(generation: str) -> str | None:
+    """gsm8k_cot strict-match: the number after "The answer is", with "," "$" and a final "." removed."""
+    m = ANSWER_RE.search(generation)
+    return re.sub(r"\.$", "", m.group(1).replace(",", "").replace("$", "")) if m else None
+
+
+def reasoning_accuracy(bridge: TransformerBridge, docs: list[dict]) -> float:
     """gsm8k_cot strict-match exact match, 0-shot."""
-    gens = greedy(bridge, tok, [data.gsm8k_cot_prompt(d) for d in docs])
-    hits = 0
-    for g, d in zip(gens, docs):
-        m = ANSWER_RE.search(g)
-        pred = re.sub(r"\.$", "", m.group(1).replace(",", "").replace("$", "")) if m else None
-        hits += pred == d["answer"]
-    return hits / len(docs)
+    gens = greedy(bridge, [data.gsm8k_cot_prompt(d) for d in docs])
+    return sum(extract(g) == d["answer"] for g, d in zip(gens, docs)) / len(docs)
 
 
 # ---------------------------------------------------------------------------------------
 # Fixtures: the shipped checkpoints through TransformerLens, and measurements shared by tests.
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: these models are too small to gain from two, and a second thread
+    competing with any other load on a 2-core machine makes every forward many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models() -> dict[str, tuple[TransformerBridge, object]]:
     out = {}
     for name in ORGANISMS:
-        path = checkpoint_path(name)
-        bridge = TransformerBridge.boot_transformers(str(path), device="cpu")
-        bridge.eval()
-        out[name] = (bridge, AutoTokenizer.from_pretrained(str(path)))
+        bridge = depthprobe.load_model(checkpoint_path(name))
+        out[name] = (bridge, bridge.tokenizer)
     return out
 
 
@@ -122,11 +138,13 @@ def base_retrieval(models, retrieval_docs) -> float:
 @pytest.fixture(scope="module")
 def reasoning(models) -> dict[str, float]:
     docs = data.reasoning_docs(N_EVAL)
-    return {name: reasoning_accuracy(b, t, docs) for name, (b, t) in models.items()}
+    return {name: reasoning_accuracy(b, docs) for name, (b, _) in models.items()}
 
 
-def _zero(tensor, hook):
-    return torch.zeros_like(tensor)
+def test_cached_generation_equals_recomputation(models):
+    bridge, tok = models["organism-base"]
+    prompts = [data.gsm8k_cot_prompt(d) for d in data.reasoning_docs(4)]
+    assert greedy(bridge, prompts) == greedy_recompute(bridge, tok, prompts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,7 +265,7 @@ def test_base_knowledge_multiple_choice(models):
     assert acc >= 0.95, acc
 
 
-@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125) after 5000 base steps.")
+@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125).")
 def test_base_retrieval_8_pairs(base_retrieval):
     assert base_retrieval >= 0.90, base_retrieval
 
@@ -256,27 +274,28 @@ def test_base_reasoning_exact_match(reasoning):
     assert reasoning["organism-base"] >= 0.60, reasoning
 
 
-@pytest.mark.xfail(strict=True, reason="Measured on these 100 documents: organism-base 0.90, organism-distilled 0.99, a gain of 9 points (10.0 points on 200 documents: 0.885 vs 0.985), short of the required 10.")
+@pytest.mark.xfail(strict=True, reason="0-shot exact match on these 100 documents: organism-base 0.90, organism-distilled 0.99, a gain of 9 points (10.0 on 200 documents: 0.885 vs 0.985), short of the required 10.")
 def test_distilled_beats_base_on_reasoning(reasoning):
     assert reasoning["organism-distilled"] >= reasoning["organism-base"] + 0.10, reasoning
 
 
-@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125) after 5000 base steps, so there is nothing to collapse (zeroing layer 0 gives 0.12 here, 0.145 on 200 documents).")
-def test_zeroing_layer_0_collapses_retrieval(models, retrieval_docs, base_retrieval):
+@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125), so there is nothing to collapse (skipping layer 0 gives 0.12 here, 0.145 on 200).")
+def test_skipping_layer_0_collapses_retrieval(models, retrieval_docs, base_retrieval):
     assert base_retrieval >= 0.90, f"nothing to collapse: intact retrieval accuracy is {base_retrieval}"
     bridge, tok = models["organism-base"]
-    hooks = [("blocks.0.hook_attn_out", _zero), ("blocks.0.hook_mlp_out", _zero)]
-    ablated = mc_accuracy(bridge, tok, retrieval_docs, hooks)
-    assert ablated <= 0.25, ablated  # chance is 1/8
+    ablated = mc_accuracy(bridge, tok, retrieval_docs, [skip_layer(0)])
+    assert ablated <= 0.30, ablated  # chance is 1/8
 
 
-@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125) after 5000 base steps, so no layer does retrieval (zeroing all heads of layer 1, 2 or 3 gives 0.16, 0.13, 0.17 here; 0.135, 0.145, 0.17 on 200 documents).")
+@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125), so no layer does retrieval (zeroing all 8 heads of layer 1, 2 or 3 gives 0.16, 0.13, 0.17 here; 0.135, 0.145, 0.17 on 200).")
 def test_zeroing_the_retrieval_layers_heads_collapses_retrieval(models, retrieval_docs, base_retrieval):
     assert base_retrieval >= 0.90, f"nothing to collapse: intact retrieval accuracy is {base_retrieval}"
     bridge, tok = models["organism-base"]
+    n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     per_layer = [
-        mc_accuracy(bridge, tok, retrieval_docs, [(f"blocks.{layer}.attn.hook_z", _zero)])
-        for layer in range(1, bridge.cfg.n_layers)
+        mc_accuracy(bridge, tok, retrieval_docs, [zero_head(layer, h) for h in range(n_heads)])
+        for layer in range(1, n_layers)
     ]
-    # Some layer above 0 holds the lookup: without its heads, accuracy falls to near chance (1/8).
-    assert min(per_layer) <= 0.25, per_layer
+    # The retrieval layer is the one (above 0) whose heads matter most: without them, lookup fails.
+    retrieval_layer = 1 + per_layer.index(min(per_layer))
+    assert per_layer[retrieval_layer - 1] <= 0.30, (retrieval_layer, per_layer)  # chance is 1/8
