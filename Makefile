@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest $(PYTEST_ARGS)
 
+# The main job: every head of organism-base's last layer ablated three ways on chain-of-thought reasoning.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m depthprobe demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) experiments/reasoning_heads.py
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/sweep_speed.py
