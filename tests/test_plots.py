@@ -13,7 +13,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from depthprobe.interventions import patch_o_proj  # noqa: F401  (documents the o_proj ids used below)
 from depthprobe.plots import head_attribution, head_heatmap, layer_curves, o_proj_curves, save_figure
 from depthprobe.results import RunDir, load_results
 

@@ -171,7 +171,8 @@ def zero_head(layer: int, head: int) -> Intervention:
     Equal to zeroing that head's o_proj columns; the other heads of its GQA group, which
     share its keys and values, are untouched.
     """
-    _check_index("layer", layer), _check_index("head", head)
+    _check_index("layer", layer)
+    _check_index("head", head)
     fn = _partial(zero_heads, heads=(head,))
     return Intervention(f"head:L{layer}H{head}", "head", layer, head, hooks=((f"blocks.{layer}.attn.hook_z", fn),))
 
@@ -182,7 +183,8 @@ def zero_kv_group(layer: int, group: int) -> Intervention:
     Implemented by zeroing that KV head's values, which makes each of those heads' output
     exactly zero (equal to zeroing all their o_proj columns).
     """
-    _check_index("layer", layer), _check_index("group", group)
+    _check_index("layer", layer)
+    _check_index("group", group)
     fn = _partial(zero_kv_heads, groups=(group,))
     return Intervention(f"group:L{layer}G{group}", "group", layer, group, hooks=((f"blocks.{layer}.attn.hook_v", fn),))
 
@@ -196,7 +198,8 @@ def zero_head_weights(layer: int, head: int, *, group_size: int) -> Intervention
     with q/k/v biases this zeroes the projections' outputs, i.e. weights and biases.
     ``group_size`` is ``n_heads // n_kv_heads`` (``model_dims(model).group_size``).
     """
-    _check_index("layer", layer), _check_index("head", head)
+    _check_index("layer", layer)
+    _check_index("head", head)
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     group = head // group_size
