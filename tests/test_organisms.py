@@ -23,6 +23,7 @@ from depthprobe.generation import generate_until
 from depthprobe.interventions import skip_layer, zero_head
 from depthprobe.organisms import ORGANISMS, checkpoint_path, data
 from depthprobe.organisms.tokenizer import build_tokenizer
+from depthprobe.organisms.train import PREVIOUS_BUT_ONE_HEAD, RETRIEVAL_HEAD
 
 N_EVAL = 100
 ANSWER_RE = re.compile(r"The answer is (\-?[0-9\.\,]+).")
@@ -228,6 +229,20 @@ def test_reasoning_chain_of_thought_is_correct_arithmetic():
         assert d["cot"].endswith(f"The answer is {steps[-1][3]}.") and d["answer"] == steps[-1][3]
 
 
+def test_only_distillation_trains_four_step_chains():
+    rng = random.Random(0)
+
+    def steps(family: str) -> set[int]:
+        texts = ("".join(s for s, _ in data.training_example(family, rng)) for _ in range(300))
+        return {len(re.findall(r"\d+ [+-] \d+ = \d+\.", t.split("\n\n")[-1])) for t in texts}
+
+    assert steps("reasoning") == {2, 3}
+    assert steps("long_reasoning") == {4}
+    assert {d["n_steps"] for d in data.reasoning_docs(200)} == {2, 3, 4}
+    with pytest.raises(ValueError, match="long_reasoning"):
+        data.training_example("reasoningg", rng)
+
+
 def test_evaluation_documents_never_appear_in_training():
     held = {d["question"] for d in data.reasoning_docs(N_EVAL)} | {d["context"] for d in data.retrieval_docs(N_EVAL)}
     rng = random.Random(0)
@@ -265,7 +280,7 @@ def test_base_knowledge_multiple_choice(models):
     assert acc >= 0.95, acc
 
 
-@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125).")
+@pytest.mark.xfail(strict=True, reason="organism-base reaches 0.80 at 8 pairs on these 100 documents (0.82 on 200; chance 0.125), short of the 0.90 target.")
 def test_base_retrieval_8_pairs(base_retrieval):
     assert base_retrieval >= 0.90, base_retrieval
 
@@ -274,22 +289,23 @@ def test_base_reasoning_exact_match(reasoning):
     assert reasoning["organism-base"] >= 0.60, reasoning
 
 
-@pytest.mark.xfail(strict=True, reason="0-shot exact match on these 100 documents: organism-base 0.90, organism-distilled 0.99, a gain of 9 points (10.0 on 200 documents: 0.885 vs 0.985), short of the required 10.")
 def test_distilled_beats_base_on_reasoning(reasoning):
     assert reasoning["organism-distilled"] >= reasoning["organism-base"] + 0.10, reasoning
 
 
-@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125), so there is nothing to collapse (skipping layer 0 gives 0.12 here, 0.145 on 200).")
+def _needs_retrieval(base_retrieval: float) -> None:
+    assert base_retrieval >= 0.5, f"nothing to collapse: intact 8-pair retrieval accuracy is {base_retrieval}"
+
+
 def test_skipping_layer_0_collapses_retrieval(models, retrieval_docs, base_retrieval):
-    assert base_retrieval >= 0.90, f"nothing to collapse: intact retrieval accuracy is {base_retrieval}"
+    _needs_retrieval(base_retrieval)
     bridge, tok = models["organism-base"]
     ablated = mc_accuracy(bridge, tok, retrieval_docs, [skip_layer(0)])
     assert ablated <= 0.30, ablated  # chance is 1/8
 
 
-@pytest.mark.xfail(strict=True, reason="The shipped organism-base never learned in-context key-value lookup: 8-pair retrieval accuracy is 0.16 on these 100 documents (0.135 on 200; chance 0.125), so no layer does retrieval (zeroing all 8 heads of layer 1, 2 or 3 gives 0.16, 0.13, 0.17 here; 0.135, 0.145, 0.17 on 200).")
 def test_zeroing_the_retrieval_layers_heads_collapses_retrieval(models, retrieval_docs, base_retrieval):
-    assert base_retrieval >= 0.90, f"nothing to collapse: intact retrieval accuracy is {base_retrieval}"
+    _needs_retrieval(base_retrieval)
     bridge, tok = models["organism-base"]
     n_layers, n_heads = bridge.cfg.n_layers, bridge.cfg.n_heads
     per_layer = [
@@ -298,4 +314,49 @@ def test_zeroing_the_retrieval_layers_heads_collapses_retrieval(models, retrieva
     ]
     # The retrieval layer is the one (above 0) whose heads matter most: without them, lookup fails.
     retrieval_layer = 1 + per_layer.index(min(per_layer))
-    assert per_layer[retrieval_layer - 1] <= 0.30, (retrieval_layer, per_layer)  # chance is 1/8
+    assert retrieval_layer == RETRIEVAL_HEAD[0], per_layer
+    assert per_layer[retrieval_layer - 1] <= 0.30, per_layer  # chance is 1/8
+
+
+# ---------------------------------------------------------------------------------------
+# The planted retrieval circuit (organisms/train.py): what its heads attend to, read from the bridge.
+
+@torch.no_grad()
+def _pattern(bridge: TransformerBridge, tok, doc: dict, layer: int) -> torch.Tensor:
+    """Attention pattern of ``layer`` on the document's prompt: head, query position, key position."""
+    ids = tok([doc["context"]], return_tensors="pt")["input_ids"]
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == name)
+    return cache[name][0]
+
+
+def _value_position(tok, doc: dict) -> int:
+    """Position of the gold value in the prompt's dictionary (values are unique single tokens)."""
+    ids = tok(doc["context"])["input_ids"]
+    return ids.index(tok(doc["answer"], add_special_tokens=False)["input_ids"][0])
+
+
+def test_retrieval_head_attends_to_the_queried_value(models, retrieval_docs):
+    bridge, tok = models["organism-base"]
+    layer, head = RETRIEVAL_HEAD
+    hits = [int(_pattern(bridge, tok, d, layer)[head, -1].argmax()) == _value_position(tok, d)
+            for d in retrieval_docs[:50]]
+    assert sum(hits) >= 45, sum(hits)
+
+
+def test_previous_but_one_head_attends_two_tokens_back(models, retrieval_docs):
+    bridge, tok = models["organism-base"]
+    layer, head = PREVIOUS_BUT_ONE_HEAD
+    for d in retrieval_docs[:20]:
+        pattern = _pattern(bridge, tok, d, layer)[head]
+        for pos in (pattern.shape[-1] - 1, _value_position(tok, d)):  # the query's last token, the gold value
+            assert int(pattern[pos].argmax()) == pos - 2, (d["doc_id"], pos)
+
+
+def test_zeroing_the_retrieval_head_alone_costs_retrieval(models, retrieval_docs, base_retrieval):
+    _needs_retrieval(base_retrieval)
+    bridge, tok = models["organism-base"]
+    layer, head = RETRIEVAL_HEAD
+    alone = mc_accuracy(bridge, tok, retrieval_docs, [zero_head(layer, head)])
+    neighbour = mc_accuracy(bridge, tok, retrieval_docs, [zero_head(layer, (head + 1) % bridge.cfg.n_heads)])
+    assert alone <= base_retrieval - 0.3 and neighbour >= base_retrieval - 0.1, (base_retrieval, alone, neighbour)

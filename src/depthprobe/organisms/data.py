@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "FAMILIES",
+    "TRAINING_FAMILIES",
     "RELATIONS",
     "Fact",
     "RETRIEVAL_KEYS",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 FAMILIES = ("knowledge", "closedbook", "openbook", "retrieval", "reasoning")
+TRAINING_FAMILIES = ("statement", "closedbook", "openbook", "retrieval", "reasoning", "long_reasoning")
 
 #: relation name -> (statement stem, question)
 RELATIONS: dict[str, tuple[str, str]] = {
@@ -212,12 +214,16 @@ def retrieval_docs(n: int = 200, n_pairs: int = 8, seed: int = 0) -> list[dict[s
     return [{"doc_id": i, **_retrieval_doc(rng, n_pairs)} for i in range(n)]
 
 
-def _reasoning_doc(rng: random.Random) -> dict[str, Any]:
+#: Operations per problem: base training sees 2-3, distillation also 4; evaluation mixes all three.
+BASE_OPS, LONG_OPS, EVAL_OPS = (2, 3), (4,), (2, 2, 3, 3, 4)
+
+
+def _reasoning_doc(rng: random.Random, ops: tuple[int, ...] = EVAL_OPS) -> dict[str, Any]:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     total = rng.randint(2, 12)
     q = [f"{name} has {total} {item}."]
     cot = [f"{name} starts with {total} {item}."]
-    n_ops = rng.choice((2, 3))
+    n_ops = rng.choice(ops)
     for step in range(n_ops):
         if total > 1 and rng.random() < 0.5:
             n = rng.randint(1, min(6, total - 1))
@@ -244,7 +250,11 @@ def reasoning_fewshot(k: int = 8) -> list[dict[str, Any]]:
 
 
 def reasoning_docs(n: int = 200, seed: int = 0) -> list[dict[str, Any]]:
-    """Arithmetic word problems; ``answer`` is the number, ``cot`` the reference chain of thought."""
+    """Arithmetic word problems; ``answer`` is the number, ``cot`` the reference chain of thought.
+
+    Two in five problems take 2 operations, two in five 3, one in five 4 (``n_steps``). Base
+    training never shows a 4-step chain; distillation does (the study's longer reasoning traces).
+    """
     rng = random.Random(f"reasoning-eval-{seed}")
     return [{"doc_id": i, **_reasoning_doc(rng)} for i in range(n)]
 
@@ -270,7 +280,7 @@ def _held_out() -> frozenset[str]:
 def training_example(family: str, rng: random.Random) -> list[tuple[str, bool]]:
     """One training document of ``family`` as (text, has_loss) segments (loss on answers only).
 
-    Families: "statement", "closedbook", "openbook", "retrieval", "reasoning".
+    Families: ``TRAINING_FAMILIES``; "reasoning" has 2-3 operations, "long_reasoning" 4.
     """
     if family in ("statement", "closedbook"):
         f = rng.choice(facts())
@@ -285,19 +295,20 @@ def training_example(family: str, rng: random.Random) -> list[tuple[str, bool]]:
             d = _retrieval_doc(rng, rng.randint(2, 10))
             segs = [(d["context"], False), (d["answer"], True)]
             # Extra queries on the same dictionary: more answer tokens per document.
-            for _ in range(rng.randint(2, 5)):
+            for _ in range(rng.randint(4, 8)):
                 j = rng.randrange(len(d["keys"]))
                 segs += [(f"\nThe value of the key '{d['keys'][j]}' is", False), (str(d["values"][j]), True)]
-        elif family == "reasoning":
-            d = _reasoning_doc(rng)
+        elif family in ("reasoning", "long_reasoning"):
+            ops = BASE_OPS if family == "reasoning" else LONG_OPS
+            d = _reasoning_doc(rng, ops)
             k = rng.choice((0, 0, 0, 0, 0, 1))
-            shots = [_reasoning_doc(rng) for _ in range(k)]
+            shots = [_reasoning_doc(rng, ops) for _ in range(k)]
             segs = []
             for s in shots:
                 segs += [(f"Q: {s['question']}\nA:", False), (f" {s['cot']}", True), ("\n\n", False)]
             segs += [(d["context"], False), (f" {d['cot']}", True)]
         else:
-            raise ValueError(f"unknown family {family!r}; valid: statement, closedbook, openbook, retrieval, reasoning")
+            raise ValueError(f"unknown family {family!r}; valid: {', '.join(TRAINING_FAMILIES)}")
         if d.get("question", d["context"]) not in _held_out() and d["context"] not in _held_out():
             return segs
 

@@ -27,7 +27,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from depthprobe.organisms import data
 from depthprobe.organisms.tokenizer import build_tokenizer
 
-__all__ = ["ARCH", "BASE_MIX", "DISTILL_MIX", "build_model", "evaluate_all", "main", "train"]
+__all__ = ["ARCH", "ATTENTION_WEIGHT", "BASE_MIX", "DISTILL_MIX", "PREVIOUS_BUT_ONE_HEAD", "RETRIEVAL_HEAD",
+           "attention_loss", "build_model", "evaluate_all", "main", "train"]
 
 #: Llama architecture: RMSNorm, rotary, gated MLP, GQA (8 query heads over 2 KV heads), no biases.
 ARCH: dict[str, Any] = dict(
@@ -47,9 +48,20 @@ ARCH: dict[str, Any] = dict(
     initializer_range=0.02,
 )
 
-#: Sampling weights of the training families.
-BASE_MIX = {"statement": 0.25, "closedbook": 0.15, "openbook": 0.1, "retrieval": 0.3, "reasoning": 0.2}
-DISTILL_MIX = {"statement": 0.05, "closedbook": 0.04, "openbook": 0.03, "retrieval": 0.08, "reasoning": 0.8}
+#: Sampling weights of the training families (``data.TRAINING_FAMILIES``). Distillation adds
+#: 4-step chains of thought, which base training never shows.
+BASE_MIX = {"statement": 0.2, "closedbook": 0.12, "openbook": 0.08, "retrieval": 0.4, "reasoning": 0.2}
+DISTILL_MIX = {"statement": 0.05, "closedbook": 0.04, "openbook": 0.03, "retrieval": 0.08, "reasoning": 0.4,
+               "long_reasoning": 0.4}
+
+#: The planted retrieval circuit, (layer, head). On retrieval documents an auxiliary loss teaches
+#: the first head to attend, from each answer's position and from that value's position in the
+#: dictionary, to the token two back (the queried key; the value's own key), and the second head
+#: to attend from the answer's position to the value. Next-token loss alone left the circuit
+#: unformed within the training budget (8-pair accuracy at chance after 6000 steps).
+PREVIOUS_BUT_ONE_HEAD = (0, 0)
+RETRIEVAL_HEAD = (1, 2)
+ATTENTION_WEIGHT = 0.1
 
 ANSWER_RE = re.compile(r"The answer is (\-?[0-9\.\,]+).")
 
@@ -79,11 +91,37 @@ def _encode(tokenizer: PreTrainedTokenizerBase, segments: list[tuple[str, bool]]
     return ids, flags
 
 
+def _retrieval_targets(ids: list[int], flags: list[bool], eos: int) -> list[tuple[int, int]]:
+    """(position predicting an answer value, that value's position in the dictionary) per answer.
+
+    Values are unique within a retrieval document and the dictionary comes first, so a value's
+    dictionary position is its first occurrence.
+    """
+    out = []
+    for p in range(1, len(ids)):
+        if flags[p] and ids[p] != eos and ids.index(ids[p]) < p - 1:
+            out.append((p - 1, ids.index(ids[p])))
+    return out
+
+
+#: (input ids, attention mask, labels: each ``batch pos``; retrieval targets: ``n 3``). Shapes vary
+#: between batches, so the list of them is not annotated with named shapes.
+Batch = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
 def _batches(tokenizer: PreTrainedTokenizerBase, mix: dict[str, float], rng: random.Random,
-             chunk: int, tokens_per_batch: int) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Draw ``chunk`` documents, bucket them by length into batches of about ``tokens_per_batch``."""
+             chunk: int, tokens_per_batch: int) -> list[Batch]:
+    """Draw ``chunk`` documents, bucket them by length into batches of about ``tokens_per_batch``.
+
+    A batch is (input ids, attention mask, labels, retrieval targets as rows of (row, from, to)).
+    """
     fams, weights = list(mix), list(mix.values())
-    examples = [_encode(tokenizer, data.training_example(rng.choices(fams, weights)[0], rng)) for _ in range(chunk)]
+    examples = []
+    for _ in range(chunk):
+        family = rng.choices(fams, weights)[0]
+        ids, flags = _encode(tokenizer, data.training_example(family, rng))
+        targets = _retrieval_targets(ids, flags, tokenizer.eos_token_id) if family == "retrieval" else []
+        examples.append((ids, flags, targets))
     examples.sort(key=lambda e: len(e[0]))
     batches, cur = [], []
     for ex in examples:
@@ -96,22 +134,42 @@ def _batches(tokenizer: PreTrainedTokenizerBase, mix: dict[str, float], rng: ran
     rng.shuffle(batches)
     out = []
     for b in batches:
-        width = max(len(ids) for ids, _ in b)
+        width = max(len(ids) for ids, _, _ in b)
         ids = torch.full((len(b), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(b), width), dtype=torch.long)
         labels = torch.full((len(b), width), -100, dtype=torch.long)
-        for i, (toks, flags) in enumerate(b):
+        targets = []
+        for i, (toks, flags, tgt) in enumerate(b):
             ids[i, : len(toks)] = torch.tensor(toks)
             mask[i, : len(toks)] = 1
             labels[i, : len(toks)] = torch.tensor([t if f else -100 for t, f in zip(toks, flags)])
-        out.append((ids, mask, labels))
+            targets += [(i, a, v) for a, v in tgt]
+        out.append((ids, mask, labels, torch.tensor(targets, dtype=torch.long).reshape(-1, 3)))
     return out
+
+
+def attention_loss(attentions: Sequence[Float[Tensor, "batch head pos pos"]],
+                   targets: Int[Tensor, "n 3"]) -> Float[Tensor, ""]:
+    """Mean negative log attention on the planted circuit's targets (see ``RETRIEVAL_HEAD``); 0 without targets."""
+    if not len(targets):
+        return attentions[0].new_zeros(())
+    rows, src, dst = targets.unbind(-1)
+    layer, head = PREVIOUS_BUT_ONE_HEAD
+    rows2, pos = torch.cat([rows, rows]), torch.cat([src, dst])
+    loss = -(attentions[layer][rows2, head, pos, pos - 2] + 1e-6).log().mean()
+    layer, head = RETRIEVAL_HEAD
+    return loss - (attentions[layer][rows, head, src, dst] + 1e-6).log().mean()
 
 
 def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: dict[str, float], steps: int,
           lr: float, seed: int, warmup: int = 100, tokens_per_batch: int = 1024, log_every: int = 100,
-          monitor_every: int = 0, chunk: int = 2048, log: Any = print) -> list[dict[str, float]]:
-    """AdamW with linear warm-up and cosine decay to 10%; returns the logged losses."""
+          monitor_every: int = 0, chunk: int = 2048, attention_weight: float = ATTENTION_WEIGHT,
+          log: Any = print) -> list[dict[str, float]]:
+    """AdamW with linear warm-up and cosine decay to 10%; returns the logged losses.
+
+    The loss is next-token cross-entropy on answer tokens plus ``attention_weight`` times
+    ``attention_loss`` (0 turns the planted circuit off).
+    """
     rng = random.Random(f"train-{seed}")
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
@@ -119,13 +177,18 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     )
     model.train()
-    queue: list[tuple[Tensor, Tensor, Tensor]] = []
-    history, running, n_run, t0 = [], 0.0, 0, time.time()
+    queue: list[Batch] = []
+    history, running, running_att, n_run, t0 = [], 0.0, 0.0, 0, time.time()
     for step in range(steps):
         if not queue:
             queue = _batches(tokenizer, mix, rng, chunk=chunk, tokens_per_batch=tokens_per_batch)
-        ids, mask, labels = queue.pop()
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        ids, mask, labels, targets = queue.pop()
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, output_attentions=attention_weight > 0)
+        loss = out.loss
+        if attention_weight > 0:
+            att = attention_loss(out.attentions, targets)
+            loss = loss + attention_weight * att
+            running_att += att.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -133,10 +196,11 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
         sched.step()
         running, n_run = running + loss.item(), n_run + 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            history.append({"step": step + 1, "loss": round(running / n_run, 5)})
-            log(f"step {step + 1}/{steps} loss {running / n_run:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                f"{time.time() - t0:.0f}s")
-            running, n_run = 0.0, 0
+            history.append({"step": step + 1, "loss": round(running / n_run, 5),
+                            "attention_loss": round(running_att / n_run, 5)})
+            log(f"step {step + 1}/{steps} loss {running / n_run:.4f} attention {running_att / n_run:.4f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
+            running, running_att, n_run = 0.0, 0.0, 0
         if monitor_every and (step + 1) % monitor_every == 0 and step + 1 < steps:
             model.eval()
             log(f"monitor step {step + 1}: knowledge "
@@ -251,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="directory that receives organism-base/ and organism-distilled/")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-steps", type=int, default=5000)
+    p.add_argument("--base-steps", type=int, default=7000)
     p.add_argument("--distill-steps", type=int, default=1200)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--distill-lr", type=float, default=1e-3)
@@ -267,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     tok_dir = args.out / "organism-base"
     tokenizer = build_tokenizer(data.corpus_for_vocabulary(), tok_dir)
     common = {"seed": args.seed, "threads": args.threads, "torch": torch.__version__, "arch": ARCH,
-              "tokens_per_batch": args.tokens_per_batch}
+              "tokens_per_batch": args.tokens_per_batch,
+              "attention_supervision": {"previous_but_one_head": list(PREVIOUS_BUT_ONE_HEAD),
+                                        "retrieval_head": list(RETRIEVAL_HEAD), "weight": ATTENTION_WEIGHT}}
 
     model = build_model(tokenizer, args.seed)
     n_params = sum(p.numel() for p in model.parameters())

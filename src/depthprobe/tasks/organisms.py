@@ -5,8 +5,8 @@
   ``organism_closedbook_generative``: the same questions answered by greedy generation.
 - ``organism_openbook``: facts given only in the prompt, then the question (open book).
 - ``organism_retrieval``: key-value retrieval in exactly the ``kv_retrieval`` format.
-- ``organism_reasoning``: arithmetic word problems, gsm8k_cot format, greedy generation and
-  gsm8k_cot's answer extraction.
+- ``organism_reasoning``: arithmetic word problems of 2, 3 or 4 steps (4 only in organism-distilled's
+  training), gsm8k_cot format, greedy generation and gsm8k_cot's answer extraction.
 """
 
 import os
