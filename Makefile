@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.depthprobe-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo figures organisms bench clean
 
 install: $(STAMP)
 
@@ -22,6 +22,18 @@ test: $(STAMP)
 # The main job: every head of organism-base's last layer ablated three ways on chain-of-thought reasoning.
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) experiments/reasoning_heads.py
+
+# Every experiment script on the organisms: the figures committed under figures/ (about 8 minutes on 2 CPU cores).
+EXPERIMENTS := reasoning_heads protocols knowledge retrieval retrieval_heads reasoning_layers distilled delta_model
+figures: $(STAMP)
+	for s in $(EXPERIMENTS); do \
+	  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) experiments/$$s.py --no-progress \
+	    $$( [ $$s = reasoning_layers ] && echo --limit 100 ) || exit 1; \
+	done
+
+# Retrain the organisms into the package (deterministic for a given thread count; about 20 minutes).
+organisms: $(STAMP)
+	$(PY) -m depthprobe.organisms.train --out src/depthprobe/organisms/checkpoints
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/sweep_speed.py

@@ -147,6 +147,21 @@ def test_manifest_mismatch_refused(model, tmp_path: Path) -> None:
     RunDir(tmp_path, manifest(model, limit=10))  # the same command is accepted
 
 
+def test_retrained_weights_in_the_same_directory_are_refused(tmp_path: Path) -> None:
+    from depthprobe.tiny import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "ckpt", arch="llama", n_layers=2, seed=0)
+    first = manifest(dp.load_model(path))
+    assert first["revision"].startswith("local-")
+    RunDir(tmp_path / "run", first)
+    make_tiny_model(tmp_path / "ckpt", arch="llama", n_layers=2, seed=1)  # retrained in place
+    second = manifest(dp.load_model(path))
+    assert second["model"] == first["model"] and second["revision"] != first["revision"]
+    with pytest.raises(ManifestMismatchError, match="revision="):
+        RunDir(tmp_path / "run", second)
+    assert manifest(dp.load_model(path))["revision"] == second["revision"]  # same weights, same fingerprint
+
+
 def test_long_condition_ids_get_short_unique_files(model, tmp_path: Path) -> None:
     run = RunDir(tmp_path, manifest(model))
     long_a = "+".join(f"o_proj:L{i}" for i in range(40))

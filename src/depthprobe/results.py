@@ -31,6 +31,7 @@ __all__ = [
     "ManifestMismatchError",
     "RunDir",
     "build_manifest",
+    "weights_fingerprint",
     "load_results",
 ]
 
@@ -70,11 +71,35 @@ def _git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def weights_fingerprint(path: str | os.PathLike[str], sample: int = 1 << 16) -> str | None:
+    """A cheap content fingerprint of a local checkpoint directory's weight files, or None if it has none.
+
+    Hashes each ``*.safetensors``/``*.bin`` file's name, size and three ``sample``-byte windows
+    (start, middle, end), so retrained weights in the same directory change it while an 8B
+    checkpoint is fingerprinted in milliseconds. It is the revision of a local model: a run
+    directory made with other weights is refused instead of silently resumed.
+    """
+    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in Path(path).glob(pattern))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as f:
+            for offset in (0, max(0, size // 2 - sample // 2), max(0, size - sample)):
+                f.seek(offset)
+                digest.update(f.read(sample))
+    return "local-" + digest.hexdigest()[:16]
+
+
 def _model_identity(model: Any) -> tuple[str, str | None, str, str]:
     hf = getattr(model, "original_model", model)
     config = getattr(hf, "config", None)
     name = getattr(config, "_name_or_path", None) or getattr(getattr(model, "cfg", None), "model_name", None)
     revision = getattr(config, "_commit_hash", None)
+    if revision is None and name and Path(str(name)).is_dir():
+        revision = weights_fingerprint(str(name))
     param = next(model.parameters())
     return str(name), revision, str(param.dtype).replace("torch.", ""), param.device.type
 
