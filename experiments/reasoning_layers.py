@@ -15,13 +15,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.experiment_parser(__doc__, default_model="organism-base",
                                    study_example="python experiments/reasoning_layers.py --model qwen3-8b --shots 1 4 8 "
                                                  "--thinking on off --limit 250")
-    parser.add_argument("--shots", type=int, nargs="+", default=[1, 4, 8], help="few-shot counts (default: 1 4 8)")
+    parser.add_argument("--shots", type=int, nargs="+", default=None,
+                        help="few-shot counts (default: 1 4 8 as in the study; 0 1 for the organisms, which never "
+                             "saw prompts longer than about 130 tokens in training)")
     parser.add_argument("--thinking", nargs="+", choices=["on", "off"], default=None,
                         help="apply the chat template with Qwen3 thinking on and/or off (default: plain prompts)")
     parser.add_argument("--max-gen-toks", type=int, default=None, help="generation budget per question")
     args = parser.parse_args(argv)
     model = cli.load(args)
-    task = ORGANISM_TASK if cli.is_organism(args.model) else STUDY_TASK
+    organism = cli.is_organism(args.model)
+    task = ORGANISM_TASK if organism else STUDY_TASK
+    args.shots = args.shots or ([0, 1] if organism else [1, 4, 8])
     metric = cli.primary_metric(task)
     frames = {}
     for thinking in args.thinking or [None]:

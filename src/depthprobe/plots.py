@@ -162,7 +162,8 @@ def o_proj_curves(frames: Mapping[str, pd.DataFrame], *, metric: str = "acc", ti
     if base is not None and xs:
         fig.add_trace(go.Scatter(x=[min(xs), max(xs)], y=[base, base], mode="lines", name="baseline",
                                  line=dict(color="black", dash="dot")))
-    fig.update_xaxes(title_text="layer")
+    fig.update_xaxes(title_text="layer (per-layer: patched alone; reverse: first of k..L-1; accumulative: last of 0..k)",
+                     tickmode="linear", dtick=1)
     fig.update_yaxes(title_text=metric)
     fig.update_layout(title=title, template="plotly_white")
     return fig
