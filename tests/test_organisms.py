@@ -229,6 +229,24 @@ def test_reasoning_chain_of_thought_is_correct_arithmetic():
         assert d["cot"].endswith(f"The answer is {steps[-1][3]}.") and d["answer"] == steps[-1][3]
 
 
+def test_attention_targets_pair_each_answer_with_its_keyed_value():
+    from depthprobe.organisms.train import _encode, _retrieval_targets
+
+    tok = AutoTokenizer.from_pretrained(str(checkpoint_path("organism-base")))
+    rng = random.Random(0)
+    n_targets = 0
+    for _ in range(50):
+        ids, flags = _encode(tok, data.training_example("retrieval", rng))
+        targets = _retrieval_targets(ids, flags, tok.eos_token_id)
+        assert len(targets) == sum(flags[1:-1]) >= 5  # every answer (4-8 extra queries), EOS excluded
+        for src, dst in targets:
+            assert ids[dst] == ids[src + 1]  # the value the answer position must predict
+            assert ids[dst - 2] == ids[src - 2]  # two back from both: the same key
+            assert tok.convert_ids_to_tokens(ids[dst - 1]) == ":"
+        n_targets += len(targets)
+    assert n_targets > 250
+
+
 def test_only_distillation_trains_four_step_chains():
     rng = random.Random(0)
 
