@@ -99,8 +99,10 @@ def _retrieval_targets(ids: list[int], flags: list[bool], eos: int) -> list[tupl
     """
     out = []
     for p in range(1, len(ids)):
-        if flags[p] and ids[p] != eos and ids.index(ids[p]) < p - 1:
-            out.append((p - 1, ids.index(ids[p])))
+        if flags[p] and ids[p] != eos:
+            value = ids.index(ids[p])
+            if value < p - 1:
+                out.append((p - 1, value))
     return out
 
 
