@@ -1,12 +1,13 @@
-"""Sec. 5 — retrieval heads: every head of the given layers zero-ablated in turn on KV retrieval.
+"""Sec. 5 — retrieval heads: every head and every GQA group of the given layers zero-ablated on KV retrieval.
 
-The study finds a few heads in layers 8 and 10 of LLaMA-1 7B whose removal breaks retrieval.
+The study finds a few heads in layers 8 and 10 of LLaMA-1 7B whose removal breaks retrieval. Heads
+that duplicate each other each look harmless alone; the group ablation shows what they carry together.
 """
 
 import sys
 
 from depthprobe import cli, model_dims, plots
-from depthprobe.sweep import head_grid
+from depthprobe.sweep import group_grid, head_grid
 
 STUDY_TASK, ORGANISM_TASK = "kv_retrieval", "organism_retrieval"
 
@@ -21,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     organism = cli.is_organism(args.model)
     layers = cli.check_layers(model, args.layers or ([0, 1] if organism else [8, 10]), "--layers")
     task = ORGANISM_TASK if organism else STUDY_TASK
-    conditions = [c for layer in layers for c in head_grid(model, layer)]
+    conditions = [c for layer in layers for c in head_grid(model, layer) + group_grid(model, layer)]
     df = cli.sweep(model, task, conditions, args, "retrieval_heads", task)
-    print(cli.summary(df, ["acc"], title=f"{task}: heads of layers {layers}"))
+    print(cli.summary(df, ["acc"], title=f"{task}: heads and groups of layers {layers}"))
     r = model_dims(model).group_size
     for layer in layers:
         cli.save(plots.head_attribution(df, layer, metric="acc", group_size=r,

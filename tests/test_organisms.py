@@ -20,10 +20,10 @@ from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
 import depthprobe
 from depthprobe.generation import generate_until
-from depthprobe.interventions import skip_layer, zero_head
+from depthprobe.interventions import skip_layer, zero_head, zero_kv_group
 from depthprobe.organisms import ORGANISMS, checkpoint_path, data
 from depthprobe.organisms.tokenizer import build_tokenizer
-from depthprobe.organisms.train import PREVIOUS_BUT_ONE_HEAD, RETRIEVAL_HEAD
+from depthprobe.organisms.train import PREVIOUS_BUT_ONE_HEAD, RETRIEVAL_HEAD, build_model, head_output
 
 N_EVAL = 100
 ANSWER_RE = re.compile(r"The answer is (\-?[0-9\.\,]+).")
@@ -298,7 +298,6 @@ def test_base_knowledge_multiple_choice(models):
     assert acc >= 0.95, acc
 
 
-@pytest.mark.xfail(strict=True, reason="organism-base reaches 0.80 at 8 pairs on these 100 documents (0.82 on 200; chance 0.125), short of the 0.90 target.")
 def test_base_retrieval_8_pairs(base_retrieval):
     assert base_retrieval >= 0.90, base_retrieval
 
@@ -371,10 +370,59 @@ def test_previous_but_one_head_attends_two_tokens_back(models, retrieval_docs):
             assert int(pattern[pos].argmax()) == pos - 2, (d["doc_id"], pos)
 
 
-def test_zeroing_the_retrieval_head_alone_costs_retrieval(models, retrieval_docs, base_retrieval):
+@torch.no_grad()
+def test_retrieval_head_writes_the_queried_value(models, retrieval_docs):
+    """The head's direct logit attribution ranks the gold value first among the dictionary's values.
+
+    Direct logit attribution: the head's z times its W_O, times the final RMSNorm's gain, unembedded
+    (the norm's scale is shared by all logits and cannot change the ranking).
+    """
+    bridge, tok = models["organism-base"]
+    layer, head = RETRIEVAL_HEAD
+    name = f"blocks.{layer}.attn.hook_z"
+    hits = 0
+    for d in retrieval_docs[:50]:
+        ids = tok([d["context"]], return_tensors="pt")["input_ids"]
+        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == name)
+        gain = bridge.ln_final.original_component.weight
+        direct = (cache[name][0, -1, head] @ bridge.blocks[layer].attn.W_O[head] * gain) @ bridge.W_U
+        values = [tok(c, add_special_tokens=False)["input_ids"][0] for c in d["choices"]]
+        hits += int(direct[values].argmax()) == d["gold"]
+    assert hits >= 45, hits
+
+
+def test_head_outputs_sum_to_the_attention_output():
+    """``head_output`` (used by the readout loss) splits o_proj exactly into per-head contributions."""
+    tok = AutoTokenizer.from_pretrained(str(checkpoint_path("organism-base")))
+    model = build_model(tok, seed=1)
+    o_proj = model.model.layers[1].self_attn.o_proj
+    z = torch.randn(3, 5, o_proj.in_features)
+    per_head = sum(head_output(model, 1, h, z) for h in range(model.config.num_attention_heads))
+    torch.testing.assert_close(per_head, o_proj(z), rtol=1e-5, atol=1e-6)
+
+
+def test_the_retrieval_heads_group_carries_retrieval(models, retrieval_docs, base_retrieval):
+    """Zeroing the planted head's GQA group collapses retrieval; zeroing any other group of its layer costs little."""
     _needs_retrieval(base_retrieval)
     bridge, tok = models["organism-base"]
     layer, head = RETRIEVAL_HEAD
-    alone = mc_accuracy(bridge, tok, retrieval_docs, [zero_head(layer, head)])
-    neighbour = mc_accuracy(bridge, tok, retrieval_docs, [zero_head(layer, (head + 1) % bridge.cfg.n_heads)])
-    assert alone <= base_retrieval - 0.3 and neighbour >= base_retrieval - 0.1, (base_retrieval, alone, neighbour)
+    dims = depthprobe.model_dims(bridge)
+    per_group = [mc_accuracy(bridge, tok, retrieval_docs, [zero_kv_group(layer, g)]) for g in range(dims.n_kv_heads)]
+    own = head // dims.group_size
+    assert per_group[own] <= 0.30, per_group  # chance is 1/8
+    assert all(acc >= base_retrieval - 0.1 for g, acc in enumerate(per_group) if g != own), (base_retrieval, per_group)
+
+
+def test_the_retrieval_head_has_a_learned_twin(models, retrieval_docs, base_retrieval):
+    """Training grew a second copy of the planted head: zeroing either alone barely hurts, both collapse.
+
+    This is why per-head ablation can miss a circuit that ablating heads together finds.
+    """
+    _needs_retrieval(base_retrieval)
+    bridge, tok = models["organism-base"]
+    layer, head = RETRIEVAL_HEAD
+    alone = {h: mc_accuracy(bridge, tok, retrieval_docs, [zero_head(layer, h)]) for h in range(bridge.cfg.n_heads)}
+    twin = min((h for h in alone if h != head), key=alone.__getitem__)
+    both = mc_accuracy(bridge, tok, retrieval_docs, [zero_head(layer, head), zero_head(layer, twin)])
+    assert both <= 0.30, (twin, both)  # chance is 1/8
+    assert min(alone[head], alone[twin]) >= base_retrieval - 0.2, (base_retrieval, alone)

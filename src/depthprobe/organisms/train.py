@@ -27,8 +27,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from depthprobe.organisms import data
 from depthprobe.organisms.tokenizer import build_tokenizer
 
-__all__ = ["ARCH", "ATTENTION_WEIGHT", "BASE_MIX", "DISTILL_MIX", "PREVIOUS_BUT_ONE_HEAD", "RETRIEVAL_HEAD",
-           "attention_loss", "build_model", "evaluate_all", "main", "train"]
+__all__ = ["ARCH", "BASE_MIX", "CIRCUIT_WEIGHT", "DISTILL_MIX", "PREVIOUS_BUT_ONE_HEAD", "RETRIEVAL_HEAD",
+           "attention_loss", "build_model", "evaluate_all", "head_output", "main", "readout_loss", "train"]
 
 #: Llama architecture: RMSNorm, rotary, gated MLP, GQA (8 query heads over 2 KV heads), no biases.
 ARCH: dict[str, Any] = dict(
@@ -54,14 +54,16 @@ BASE_MIX = {"statement": 0.2, "closedbook": 0.12, "openbook": 0.08, "retrieval":
 DISTILL_MIX = {"statement": 0.05, "closedbook": 0.04, "openbook": 0.03, "retrieval": 0.08, "reasoning": 0.4,
                "long_reasoning": 0.4}
 
-#: The planted retrieval circuit, (layer, head). On retrieval documents an auxiliary loss teaches
-#: the first head to attend, from each answer's position and from that value's position in the
-#: dictionary, to the token two back (the queried key; the value's own key), and the second head
-#: to attend from the answer's position to the value. Next-token loss alone left the circuit
-#: unformed within the training budget (8-pair accuracy at chance after 6000 steps).
+#: The planted retrieval circuit, (layer, head). On retrieval documents auxiliary losses teach the
+#: first head to attend, from each answer's position and from that value's position in the
+#: dictionary, to the token two back (the queried key; the value's own key); and the second head
+#: to attend from the answer's position to the value and to write that value: its direct logit
+#: attribution must predict it (``readout_loss``). Next-token loss alone left the circuit unformed
+#: within the training budget (8-pair accuracy at chance after 6000 steps); with the attention
+#: planted but not the readout, whether and when the copy formed varied from seed to seed.
 PREVIOUS_BUT_ONE_HEAD = (0, 0)
 RETRIEVAL_HEAD = (1, 2)
-ATTENTION_WEIGHT = 0.1
+CIRCUIT_WEIGHT = 0.1
 
 ANSWER_RE = re.compile(r"The answer is (\-?[0-9\.\,]+).")
 
@@ -163,14 +165,37 @@ def attention_loss(attentions: Sequence[Float[Tensor, "batch head pos pos"]],
     return loss - (attentions[layer][rows, head, src, dst] + 1e-6).log().mean()
 
 
+def head_output(model: LlamaForCausalLM, layer: int, head: int,
+                o_proj_input: Float[Tensor, "*n head_x_dim"]) -> Float[Tensor, "*n d_model"]:
+    """One head's contribution to the residual stream: its slice of ``o_proj``'s input times its columns."""
+    d = model.config.head_dim
+    w = model.model.layers[layer].self_attn.o_proj.weight[:, head * d : (head + 1) * d]
+    return o_proj_input[..., head * d : (head + 1) * d] @ w.T
+
+
+def readout_loss(model: LlamaForCausalLM, o_proj_input: Float[Tensor, "batch pos head_x_dim"],
+                 input_ids: Int[Tensor, "batch pos"], targets: Int[Tensor, "n 3"]) -> Float[Tensor, ""]:
+    """Cross-entropy of the retrieval head's direct logit attribution against the value it should copy.
+
+    At each answer position the head's output (RMS-normalised, then unembedded) must predict the
+    dictionary value at the target position; 0 without targets.
+    """
+    if not len(targets):
+        return o_proj_input.new_zeros(())
+    rows, src, dst = targets.unbind(-1)
+    out = head_output(model, *RETRIEVAL_HEAD, o_proj_input[rows, src])
+    logits = model.lm_head(out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6))
+    return torch.nn.functional.cross_entropy(logits, input_ids[rows, dst])
+
+
 def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: dict[str, float], steps: int,
           lr: float, seed: int, warmup: int = 100, tokens_per_batch: int = 1024, log_every: int = 100,
-          monitor_every: int = 0, chunk: int = 2048, attention_weight: float = ATTENTION_WEIGHT,
+          monitor_every: int = 0, chunk: int = 2048, circuit_weight: float = CIRCUIT_WEIGHT,
           log: Any = print) -> list[dict[str, float]]:
     """AdamW with linear warm-up and cosine decay to 10%; returns the logged losses.
 
-    The loss is next-token cross-entropy on answer tokens plus ``attention_weight`` times
-    ``attention_loss`` (0 turns the planted circuit off).
+    The loss is next-token cross-entropy on answer tokens plus ``circuit_weight`` times the sum of
+    ``attention_loss`` and ``readout_loss`` (0 turns the planted circuit off).
     """
     rng = random.Random(f"train-{seed}")
     torch.manual_seed(seed)
@@ -178,6 +203,9 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     )
+    captured: dict[str, Tensor] = {}
+    hook = model.model.layers[RETRIEVAL_HEAD[0]].self_attn.o_proj.register_forward_pre_hook(
+        lambda module, args: captured.__setitem__("o_proj_input", args[0]))
     model.train()
     queue: list[Batch] = []
     history, running, running_att, n_run, t0 = [], 0.0, 0.0, 0, time.time()
@@ -185,12 +213,12 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
         if not queue:
             queue = _batches(tokenizer, mix, rng, chunk=chunk, tokens_per_batch=tokens_per_batch)
         ids, mask, labels, targets = queue.pop()
-        out = model(input_ids=ids, attention_mask=mask, labels=labels, output_attentions=attention_weight > 0)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, output_attentions=circuit_weight > 0)
         loss = out.loss
-        if attention_weight > 0:
-            att = attention_loss(out.attentions, targets)
-            loss = loss + attention_weight * att
-            running_att += att.item()
+        if circuit_weight > 0:
+            aux = attention_loss(out.attentions, targets) + readout_loss(model, captured["o_proj_input"], ids, targets)
+            loss = loss + circuit_weight * aux
+            running_att += aux.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -199,8 +227,8 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
         running, n_run = running + loss.item(), n_run + 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
             history.append({"step": step + 1, "loss": round(running / n_run, 5),
-                            "attention_loss": round(running_att / n_run, 5)})
-            log(f"step {step + 1}/{steps} loss {running / n_run:.4f} attention {running_att / n_run:.4f} "
+                            "circuit_loss": round(running_att / n_run, 5)})
+            log(f"step {step + 1}/{steps} loss {running / n_run:.4f} circuit {running_att / n_run:.4f} "
                 f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
             running, running_att, n_run = 0.0, 0.0, 0
         if monitor_every and (step + 1) % monitor_every == 0 and step + 1 < steps:
@@ -210,6 +238,7 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
                 f"{multiple_choice_accuracy(model, tokenizer, data.retrieval_docs(100, 8)):.3f} reasoning "
                 f"{reasoning_accuracy(model, tokenizer, data.reasoning_docs(50)):.3f}")
             model.train()
+    hook.remove()
     model.eval()
     return history
 
@@ -334,8 +363,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     tokenizer = build_tokenizer(data.corpus_for_vocabulary(), tok_dir)
     common = {"seed": args.seed, "threads": args.threads, "torch": torch.__version__, "arch": ARCH,
               "tokens_per_batch": args.tokens_per_batch,
-              "attention_supervision": {"previous_but_one_head": list(PREVIOUS_BUT_ONE_HEAD),
-                                        "retrieval_head": list(RETRIEVAL_HEAD), "weight": ATTENTION_WEIGHT}}
+              "circuit_supervision": {"previous_but_one_head": list(PREVIOUS_BUT_ONE_HEAD),
+                                      "retrieval_head": list(RETRIEVAL_HEAD), "readout": True,
+                                      "weight": CIRCUIT_WEIGHT}}
 
     model = build_model(tokenizer, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
