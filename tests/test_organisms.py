@@ -353,11 +353,25 @@ def _value_position(tok, doc: dict) -> int:
     return ids.index(tok(doc["answer"], add_special_tokens=False)["input_ids"][0])
 
 
-def test_retrieval_head_attends_to_the_queried_value(models, retrieval_docs):
+@pytest.fixture(scope="module")
+def retrieval_layer(models, retrieval_docs) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Per prompt (50): the retrieval layer's last-token pattern (head, key position) and z (head, d_head),
+    and the gold value's position, from one cached forward."""
     bridge, tok = models["organism-base"]
-    layer, head = RETRIEVAL_HEAD
-    hits = [int(_pattern(bridge, tok, d, layer)[head, -1].argmax()) == _value_position(tok, d)
-            for d in retrieval_docs[:50]]
+    layer, _ = RETRIEVAL_HEAD
+    names = (f"blocks.{layer}.attn.hook_pattern", f"blocks.{layer}.attn.hook_z")
+    out = []
+    with torch.no_grad():
+        for d in retrieval_docs[:50]:
+            ids = tok([d["context"]], return_tensors="pt")["input_ids"]
+            _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n in names)
+            out.append((cache[names[0]][0, :, -1], cache[names[1]][0, -1], _value_position(tok, d)))
+    return out
+
+
+def test_retrieval_head_attends_to_the_queried_value(retrieval_layer):
+    _, head = RETRIEVAL_HEAD
+    hits = [int(pattern[head].argmax()) == value for pattern, _, value in retrieval_layer]
     assert sum(hits) >= 45, sum(hits)
 
 
@@ -370,8 +384,7 @@ def test_previous_but_one_head_attends_two_tokens_back(models, retrieval_docs):
             assert int(pattern[pos].argmax()) == pos - 2, (d["doc_id"], pos)
 
 
-@torch.no_grad()
-def test_retrieval_head_writes_the_queried_value(models, retrieval_docs):
+def test_retrieval_head_writes_the_queried_value(models, retrieval_docs, retrieval_layer):
     """The head's direct logit attribution ranks the gold value first among the dictionary's values.
 
     Direct logit attribution: the head's z times its W_O, times the final RMSNorm's gain, unembedded
@@ -379,13 +392,10 @@ def test_retrieval_head_writes_the_queried_value(models, retrieval_docs):
     """
     bridge, tok = models["organism-base"]
     layer, head = RETRIEVAL_HEAD
-    name = f"blocks.{layer}.attn.hook_z"
+    readout = (bridge.blocks[layer].attn.W_O[head] * bridge.ln_final.original_component.weight) @ bridge.W_U
     hits = 0
-    for d in retrieval_docs[:50]:
-        ids = tok([d["context"]], return_tensors="pt")["input_ids"]
-        _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n == name)
-        gain = bridge.ln_final.original_component.weight
-        direct = (cache[name][0, -1, head] @ bridge.blocks[layer].attn.W_O[head] * gain) @ bridge.W_U
+    for d, (_, z, _) in zip(retrieval_docs, retrieval_layer):
+        direct = z[head] @ readout
         values = [tok(c, add_special_tokens=False)["input_ids"][0] for c in d["choices"]]
         hits += int(direct[values].argmax()) == d["gold"]
     assert hits >= 45, hits
@@ -413,7 +423,7 @@ def test_the_retrieval_heads_group_carries_retrieval(models, retrieval_docs, bas
     assert all(acc >= base_retrieval - 0.1 for g, acc in enumerate(per_group) if g != own), (base_retrieval, per_group)
 
 
-def test_the_retrieval_head_has_a_learned_twin(models, retrieval_docs, base_retrieval):
+def test_the_retrieval_head_has_a_learned_twin(models, retrieval_docs, base_retrieval, retrieval_layer):
     """Training grew a second copy of the planted head: zeroing either alone barely hurts, both collapse.
 
     The twin is the other head of the layer whose last-token attention most often peaks on the
@@ -422,9 +432,7 @@ def test_the_retrieval_head_has_a_learned_twin(models, retrieval_docs, base_retr
     _needs_retrieval(base_retrieval)
     bridge, tok = models["organism-base"]
     layer, head = RETRIEVAL_HEAD
-    hits = torch.zeros(bridge.cfg.n_heads)
-    for d in retrieval_docs[:50]:
-        hits += (_pattern(bridge, tok, d, layer)[:, -1].argmax(-1) == _value_position(tok, d)).float()
+    hits = sum((pattern.argmax(-1) == value).float() for pattern, _, value in retrieval_layer)
     hits[head] = -1
     twin = int(hits.argmax())
     alone = {h: mc_accuracy(bridge, tok, retrieval_docs, [zero_head(layer, h)]) for h in (head, twin)}

@@ -208,7 +208,7 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
         lambda module, args: captured.__setitem__("o_proj_input", args[0]))
     model.train()
     queue: list[Batch] = []
-    history, running, running_att, n_run, t0 = [], 0.0, 0.0, 0, time.time()
+    history, running, running_circuit, n_run, t0 = [], 0.0, 0.0, 0, time.time()
     for step in range(steps):
         if not queue:
             queue = _batches(tokenizer, mix, rng, chunk=chunk, tokens_per_batch=tokens_per_batch)
@@ -218,7 +218,7 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
         if circuit_weight > 0:
             aux = attention_loss(out.attentions, targets) + readout_loss(model, captured["o_proj_input"], ids, targets)
             loss = loss + circuit_weight * aux
-            running_att += aux.item()
+            running_circuit += aux.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -227,10 +227,10 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
         running, n_run = running + loss.item(), n_run + 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
             history.append({"step": step + 1, "loss": round(running / n_run, 5),
-                            "circuit_loss": round(running_att / n_run, 5)})
-            log(f"step {step + 1}/{steps} loss {running / n_run:.4f} circuit {running_att / n_run:.4f} "
+                            "circuit_loss": round(running_circuit / n_run, 5)})
+            log(f"step {step + 1}/{steps} loss {running / n_run:.4f} circuit {running_circuit / n_run:.4f} "
                 f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
-            running, running_att, n_run = 0.0, 0.0, 0
+            running, running_circuit, n_run = 0.0, 0.0, 0
         if monitor_every and (step + 1) % monitor_every == 0 and step + 1 < steps:
             model.eval()
             log(f"monitor step {step + 1}: knowledge "
