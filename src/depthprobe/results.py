@@ -94,14 +94,11 @@ def weights_fingerprint(path: str | os.PathLike[str], sample: int = 1 << 16) -> 
 
 
 def _model_identity(model: Any) -> tuple[str, str | None, str, str]:
-    hf = getattr(model, "original_model", model)
-    config = getattr(hf, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(getattr(model, "cfg", None), "model_name", None)
-    revision = getattr(config, "_commit_hash", None)
-    if revision is None and name and Path(str(name)).is_dir():
-        revision = weights_fingerprint(str(name))
-    param = next(model.parameters())
-    return str(name), revision, str(param.dtype).replace("torch.", ""), param.device.type
+    """(name, revision, dtype, device kind) of a loaded model, read by the model adapter."""
+    from depthprobe.adapter import model_identity
+
+    ident = model_identity(model)
+    return ident["name"], ident["revision"], ident["dtype"], ident["device"]
 
 
 def build_manifest(
