@@ -48,3 +48,31 @@ def model_dir(request: pytest.FixtureRequest) -> Path:
     """Each model every intervention is proven on: tiny random Llama, tiny random Qwen3, real stories260K."""
     return request.getfixturevalue({"llama": "tiny_llama_dir", "qwen3": "tiny_qwen3_dir",
                                     "stories260K": "stories_dir"}[request.param])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the session: 2 CPUs and 2 (logical) GPUs, workers importing this checkout.
+
+    Ray 2.59+ would write an auth token under ~/.ray and a session under /tmp/ray: both are
+    redirected (``RAY_AUTH_MODE=disabled``, a private ``RAY_TMPDIR``, short enough for Ray's sockets).
+    """
+    ray = pytest.importorskip("ray")
+    import shutil
+    import tempfile
+
+    saved = dict(os.environ)
+    tmp = tempfile.mkdtemp(prefix="dpray", dir="/tmp")
+    os.environ.update({
+        "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tmp, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *filter(None, [saved.get("PYTHONPATH")])]),
+    })
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 * 1024 * 1024, _temp_dir=tmp)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(tmp, ignore_errors=True)

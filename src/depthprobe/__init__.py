@@ -15,6 +15,7 @@ from depthprobe.interventions import (
     zero_head_weights,
     zero_kv_group,
 )
+from depthprobe.model_spec import ModelSpec
 from depthprobe.models import ModelNotFoundError, list_models, load_model, model_dims
 from depthprobe.results import load_results
 from depthprobe.sweep import run_sweep
@@ -22,10 +23,26 @@ from depthprobe.tasks import get_task, list_tasks, register_task
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``RayExecutor`` and ``run_campaign`` are imported on first use (Ray is an optional extra)."""
+    if name == "RayExecutor":
+        from depthprobe.executors.ray import RayExecutor
+
+        return RayExecutor
+    if name == "run_campaign":
+        from depthprobe.campaign import run_campaign
+
+        return run_campaign
+    raise AttributeError(f"module 'depthprobe' has no attribute {name!r}")
+
 __all__ = [
     "EvalResult",
     "Intervention",
     "ModelNotFoundError",
+    "ModelSpec",
+    "RayExecutor",
+    "run_campaign",
     "ablate",
     "evaluate",
     "get_task",

@@ -260,7 +260,14 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 
 
 def model_identity(model: Any) -> dict[str, Any]:
-    """What identifies a loaded model in a manifest: name, revision, dtype, device kind, attn_implementation."""
+    """What identifies a loaded model in a manifest: name, revision, dtype, device kind, attn_implementation.
+
+    A :class:`~depthprobe.model_spec.ModelSpec` reports the identity of the model it loads, read
+    from its config and weight files without loading it."""
+    from depthprobe.model_spec import ModelSpec
+
+    if isinstance(model, ModelSpec):
+        return model.identity()
     return adapter_for(model).identity()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from depthprobe.adapter import install_kv_cache_shim  # re-exported: models.install_kv_cache_shim
+from depthprobe.model_spec import ModelSpec
 
 __all__ = [
     "MODEL_ALIASES",
@@ -139,7 +140,7 @@ def _as_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
 
 
 def load_model(
-    name_or_path: str | os.PathLike[str],
+    name_or_path: str | os.PathLike[str] | ModelSpec,
     *,
     dtype: torch.dtype | str | None = None,
     device: str | None = None,
@@ -150,8 +151,15 @@ def load_model(
     ``name_or_path`` is a short alias (``list_models()``), a local Hugging Face directory
     or a hub id. Defaults: bfloat16 on GPU, float32 on CPU. The model is in eval mode with
     gradients off and no weight processing, so hooks see the checkpoint's own activations.
-    Extra keyword arguments go to ``TransformerBridge.boot_transformers``.
+    Extra keyword arguments go to ``TransformerBridge.boot_transformers``. A
+    :class:`~depthprobe.model_spec.ModelSpec` is loaded as it describes (keywords given here win).
     """
+    if isinstance(name_or_path, ModelSpec):
+        spec = name_or_path
+        kw = {**dict(spec.load_options), **kw}
+        dtype = spec.dtype if dtype is None else dtype
+        device = spec.device if device is None else device
+        name_or_path = spec.name_or_path
     install_kv_cache_shim()
     source = resolve_model(name_or_path)
     device = device or _default_device()

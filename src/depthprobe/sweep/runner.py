@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from depthprobe.interventions import Intervention, MeanReference, validate
+from depthprobe.model_spec import ModelSpec
 from depthprobe.models import model_dims
 from depthprobe.sweep.executor import ConditionResult, Executor, InProcessExecutor, SweepSpec, WorkUnit
 from depthprobe.sweep.grids import BASELINE, Condition, condition_id, flat_conditions, parse_grid
@@ -115,7 +116,7 @@ def plan_units(conditions: Sequence[Condition], *, engine: bool, chunk: int) -> 
 
 
 def run_sweep(
-    model: torch.nn.Module,
+    model: torch.nn.Module | ModelSpec,
     task: Any,
     conditions_or_grid: ConditionsOrGrid,
     *,
@@ -139,7 +140,9 @@ def run_sweep(
     generation tasks, and every task with ``engine=False``, run ``depthprobe.evaluate`` under
     ``ablate`` per condition. ``executor`` runs the planned units (default: in this process).
     ``evaluate_options`` go to ``evaluate`` (``data_dir``, ``max_gen_toks``, ``chat``,
-    ``enable_thinking``, task options).
+    ``enable_thinking``, task options). ``model`` is a loaded model or a
+    :class:`~depthprobe.model_spec.ModelSpec`: the manifest is then built from its config and
+    weight files, and the executor's workers (or this process, by default) load it.
     """
     from depthprobe.results import RunDir, build_manifest, load_results
     from depthprobe.tasks import get_task
@@ -149,14 +152,16 @@ def run_sweep(
     chat_options = {k: evaluate_options.pop(k) for k in ("chat", "enable_thinking") if k in evaluate_options}
     task_options = dict(evaluate_options)
     t = get_task(task, **task_options) if isinstance(task, str) else task
+    if isinstance(model, ModelSpec):  # described, not loaded: the executor's workers load it
+        model = model.for_executor(executor)
+    dims = model.dims() if isinstance(model, ModelSpec) else model_dims(model)
     if isinstance(conditions_or_grid, str):
         reference = MeanReference.for_task(t.name, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir,
                                            **task_options)
-        conditions = parse_grid(model, conditions_or_grid, reference=reference)
+        conditions = parse_grid(dims, conditions_or_grid, reference=reference)
     else:
         conditions = conditions_or_grid
     conditions = _with_baseline(conditions)
-    dims = model_dims(model)
     for cond in conditions:
         validate(dims, cond)
     shots = t.default_num_fewshot if num_fewshot is None else num_fewshot
