@@ -2,6 +2,7 @@
 
 import argparse
 import os
+from typing import Any
 import sys
 from pathlib import Path
 
@@ -58,14 +59,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def add_executor_flags(parser: argparse.ArgumentParser) -> None:
+    """--executor inprocess|ray and the Ray cluster's flags."""
+    group = parser.add_argument_group("executor")
+    group.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
+                       help="where units of work run: this process (default) or Ray workers (pip install 'depthprobe[ray]')")
+    group.add_argument("--address", default=None,
+                       help="Ray cluster to join ('auto': the one `ray start --head` started); default: RAY_ADDRESS or a new local one")
+    group.add_argument("--workers", type=_count(int), default=None, help="Ray workers (default: one per GPU, else one per CPU)")
+    group.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)")
+    group.add_argument("--cpus-per-worker", type=_count(float), default=1, help="CPUs (and torch threads) per Ray worker")
+
+
+def make_executor(args: argparse.Namespace) -> Any:
+    """The executor the flags ask for (None: in this process)."""
+    if args.executor != "ray":
+        return None
+    from depthprobe.executors.ray import RayExecutor
+
+    return RayExecutor(args.address, num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
+                       num_cpus_per_worker=args.cpus_per_worker)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """A custom sweep: one task, one grid, stored and resumable under --out."""
     from depthprobe import cli
+    from depthprobe.model_spec import ModelSpec
 
-    model = cli.load(args)
-    options = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
-    df = cli.sweep(model, args.task, args.grid, args, "sweep", args.task, args.grid.replace(":", "_"), **options)
+    executor = make_executor(args)
+    # Ray workers load the model themselves: the driver only reads its config and weight fingerprint.
+    model = cli.load(args) if executor is None else ModelSpec(args.model, dtype=args.dtype, device=args.device)
+    options: dict[str, Any] = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
+    try:
+        df = cli.sweep(model, args.task, args.grid, args, "sweep", args.task, args.grid.replace(":", "_"),
+                       executor=executor, **options)
+    finally:
+        if executor is not None:
+            executor.close()
     print(cli.summary(df, [cli.primary_metric(args.task)], title=f"{args.task}: {args.grid}"))
+    return 0
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    """Every sweep of a campaign file, each in its own run directory under the campaign's root; resumes."""
+    from depthprobe.campaign import run_campaign
+
+    executor = make_executor(args)
+    try:
+        df = run_campaign(args.file, executor=executor, root=args.root, limit=args.limit, progress=not args.no_progress)
+    finally:
+        if executor is not None:
+            executor.close()
+    print(df.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+    print(f"{len(df)} sweeps, {int(df['n_conditions'].sum())} conditions, under {args.root or 'the campaign root'}")
     return 0
 
 
@@ -84,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--task", required=True, help="a task name (python -c 'import depthprobe; print(depthprobe.list_tasks())')")
     sweep.add_argument("--grid", default="layers", help="layers | heads:L | groups:L | head_weights:L | blocks:N")
     sweep.add_argument("--num-fewshot", type=int, default=None)
+    add_executor_flags(sweep)
     sweep.set_defaults(func=cmd_sweep)
+    campaign = sub.add_parser("campaign", help="run a campaign file: models x tasks x grids, each sweep resumable")
+    campaign.add_argument("file", help="a campaign TOML (campaigns/organisms.toml, campaigns/study.toml)")
+    campaign.add_argument("--root", default=None, help="run directory root (default: the file's root)")
+    campaign.add_argument("--limit", type=_count(int), default=None, help="override every sweep's document limit")
+    campaign.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_executor_flags(campaign)
+    campaign.set_defaults(func=cmd_campaign)
     args = parser.parse_args(argv)
     return args.func(args)
 
