@@ -76,3 +76,14 @@ def ray_cluster():
         os.environ.clear()
         os.environ.update(saved)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_executor(ray_cluster):
+    """Two Ray workers shared by the session's Ray tests: half a CPU and one (logical) GPU each, so one
+    CPU stays free for a second driver's worker."""
+    import depthprobe as dp
+
+    ex = dp.RayExecutor(num_workers=2, num_gpus_per_worker=1, num_cpus_per_worker=0.5)
+    yield ex
+    ex.close()

@@ -27,11 +27,16 @@ GEN_KW = dict(limit=6, batch_size=4, max_gen_toks=24, progress=False)
 
 
 @pytest.fixture(scope="module")
-def executor(ray_cluster):
-    """Two workers, one CPU and one (logical) GPU each, shared by this module's tests."""
-    ex = dp.RayExecutor(num_workers=2, num_gpus_per_worker=1, num_cpus_per_worker=1)
-    yield ex
-    ex.close()
+def executor(ray_executor):
+    return ray_executor
+
+
+@pytest.fixture(scope="module")
+def many_local(tiny_qwen3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The in-process run of _many_conditions(), the reference of the fault tests."""
+    out = tmp_path_factory.mktemp("many") / "local"
+    dp.run_sweep(bridge(tiny_qwen3_dir), "organism_openbook", _many_conditions(), out_dir=out, chunk=1, **LL_KW)
+    return out
 
 
 def _files(run_dir: Path) -> list[Path]:
@@ -114,10 +119,10 @@ def _many_conditions() -> list[list[dp.Intervention]]:
                                                              for h in range(4)]
 
 
-def test_a_worker_killed_mid_run_loses_and_doubles_nothing(executor, tiny_qwen3_dir: Path, tmp_path: Path) -> None:
+def test_a_worker_killed_mid_run_loses_and_doubles_nothing(executor, many_local: Path, tiny_qwen3_dir: Path,
+                                                           tmp_path: Path) -> None:
     conditions = _many_conditions()
-    local = dp.run_sweep(bridge(tiny_qwen3_dir), "organism_openbook", conditions, out_dir=tmp_path / "local",
-                         chunk=1, **LL_KW)
+    local = dp.load_results(many_local)
     run_dir = tmp_path / "ray"
     spec = dp.ModelSpec(tiny_qwen3_dir, device="cpu")
     before = {w["pid"] for w in executor.workers()}
@@ -143,12 +148,12 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(executor, tiny_qwen3_
     after = {w["pid"] for w in executor.workers()}
     assert victim not in after and len(after) == 2  # Ray restarted the actor in a new process
     assert after - before, "the restarted worker ran units"
-    _same_run(run_dir, tmp_path / "local", ["acc", "acc_norm"], ["loglikelihoods"])
+    _same_run(run_dir, many_local, ["acc", "acc_norm"], ["loglikelihoods"])
 
 
 _DRIVER = """
 import sys, depthprobe as dp
-ex = dp.RayExecutor(address=sys.argv[1], num_workers=2, num_gpus_per_worker=0)
+ex = dp.RayExecutor(address=sys.argv[1], num_workers=1, num_gpus_per_worker=0)
 conditions = [[dp.skip_layer(l)] for l in range(3)] + [[dp.zero_head(l, h)] for l in range(3) for h in range(4)]
 dp.run_sweep(dp.ModelSpec(sys.argv[2], device="cpu"), "organism_openbook", conditions, out_dir=sys.argv[3],
              chunk=1, limit=4, batch_size=4, progress=False, executor=ex)
@@ -156,12 +161,10 @@ print("finished")
 """
 
 
-def test_a_killed_driver_resumes_to_the_in_process_result(executor, ray_cluster, tiny_qwen3_dir: Path,
-                                                          tmp_path: Path) -> None:
+def test_a_killed_driver_resumes_to_the_in_process_result(executor, ray_cluster, many_local: Path,
+                                                          tiny_qwen3_dir: Path, tmp_path: Path) -> None:
     conditions = _many_conditions()
-    local = dp.run_sweep(bridge(tiny_qwen3_dir), "organism_openbook", conditions, out_dir=tmp_path / "local",
-                         chunk=1, **LL_KW)
-    executor.close()  # free the cluster's 2 CPUs for the driver's own workers
+    local = dp.load_results(many_local)
     run_dir = tmp_path / "ray"
     proc = subprocess.Popen([sys.executable, "-c", _DRIVER, ray_cluster, str(tiny_qwen3_dir), str(run_dir)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -177,4 +180,4 @@ def test_a_killed_driver_resumes_to_the_in_process_result(executor, ray_cluster,
     dp.run_sweep(dp.ModelSpec(tiny_qwen3_dir, device="cpu"), "organism_openbook", conditions, out_dir=run_dir,
                  chunk=1, executor=executor, **LL_KW)
     assert executor.stats["units"] - units == len(local) - done  # only what was missing was run
-    _same_run(run_dir, tmp_path / "local", ["acc", "acc_norm"], ["loglikelihoods"])
+    _same_run(run_dir, many_local, ["acc", "acc_norm"], ["loglikelihoods"])
