@@ -133,8 +133,6 @@ class InProcessExecutor:
 
     def run(self, model: torch.nn.Module, spec: SweepSpec, units: Sequence[WorkUnit],
             on_result: Callable[[ConditionResult], None]) -> None:
-        if units and not isinstance(model, torch.nn.Module) and callable(getattr(model, "load", None)):
-            model = model.load()  # a ModelSpec: load it here
         runner = UnitRunner(model, spec)
         for unit in units:
             for result in runner.run(unit):

@@ -183,8 +183,11 @@ def run_sweep(
         _store(run_dir, result.condition, result.metrics, result.samples, result.wall_s)
         bar.update(1)
 
+    executor = executor or InProcessExecutor()
+    if isinstance(model, ModelSpec) and units and isinstance(executor, InProcessExecutor):
+        model = model.load()  # described for the manifest; run here, so load it here
     try:
-        (executor or InProcessExecutor()).run(model, spec, units, on_result)
+        executor.run(model, spec, units, on_result)
     finally:
         bar.close()
     return load_results(out_dir)
