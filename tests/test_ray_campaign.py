@@ -40,7 +40,7 @@ def test_the_organisms_campaign_runs_on_ray_and_resumes(ray_executor, tmp_path: 
     # a log-likelihood and a generation sweep, each equal to the same sweep run in this process
     picks = [s for s in plan if (s.model_name, s.task, s.grid, s.num_fewshot) in {
         ("organism-base", "organism_retrieval", "heads:1", None),
-        ("organism-distilled", "organism_reasoning", "layers", 1)}]
+        ("organism-distilled", "organism_closedbook_generative", "layers", None)}]
     assert len(picks) == 2
     for s in picks:
         local_dir = tmp_path / "local" / s.out_dir.relative_to(root)
@@ -63,7 +63,7 @@ def test_the_organisms_campaign_runs_on_ray_and_resumes(ray_executor, tmp_path: 
     run_campaign(CAMPAIGN, executor=ray_executor, root=root, limit=LIMIT, progress=False)
     assert all(len(_files(s.out_dir)) == n for s, n in zip(plan, df["n_conditions"]))
     for s in picks:
-        metric = "acc" if s.task == "organism_retrieval" else "exact_match,strict-match"
+        metric = "acc" if s.task == "organism_retrieval" else "exact_match,first-line"
         assert list(dp.load_results(s.out_dir)[metric]) == list(before[s.out_dir][metric])
 
 
