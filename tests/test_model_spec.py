@@ -62,3 +62,19 @@ def test_bad_specs_and_executors_fail_in_one_line() -> None:
                       ({"num_cpus_per_worker": 0}, "num_cpus_per_worker must be a number > 0")]:
         with pytest.raises(ValueError, match=match):
             dp.RayExecutor(**kw)
+
+
+def test_the_cli_builds_the_ray_executor_it_is_asked_for() -> None:
+    import argparse
+
+    from depthprobe.__main__ import add_executor_flags, make_executor
+
+    parser = argparse.ArgumentParser()
+    add_executor_flags(parser)
+    ex = make_executor(parser.parse_args(["--executor", "ray", "--address", "auto", "--workers", "3",
+                                          "--gpus-per-worker", "1", "--cpus-per-worker", "4"]))
+    assert isinstance(ex, dp.RayExecutor)
+    assert (ex.address, ex.num_workers, ex.num_gpus_per_worker, ex.num_cpus_per_worker) == ("auto", 3, 1, 4)
+    assert make_executor(parser.parse_args([])) is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--workers", "0"])

@@ -317,6 +317,10 @@ class RayExecutor:
                     pass
             self._lock.notify_all()
 
+    def _count(self, key: str) -> None:
+        with self._lock:  # sweeps of a campaign run from several threads
+            self.stats[key] += 1
+
     # --- the executor interface ---------------------------------------------------------
     def plan(self, units: Sequence[WorkUnit]) -> list[tuple[WorkUnit, Shard | None]]:
         """The tasks sent to workers: every unit whole, or for generation with fewer conditions than
@@ -358,7 +362,7 @@ class RayExecutor:
                     job, attempt = queue.popleft()
                     ref = slot.actor.run.remote(model_spec, spec, job[0], job[1])
                     pending[ref] = (slot, job, attempt)
-                    self.stats["units"] += 1
+                    self._count("units")
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     slot, job, attempt = pending.pop(ref)
@@ -370,7 +374,7 @@ class RayExecutor:
                             raise RuntimeError(f"unit {job[0].ids} failed on {attempt + 1} workers; last error: "
                                                f"{str(err).splitlines()[0]}") from err
                         queue.append((job, attempt + 1))
-                        self.stats["resubmitted"] += 1
+                        self._count("resubmitted")
                         continue
                     self._release(slot)
                     slot.info = out["info"]
@@ -396,7 +400,7 @@ class RayExecutor:
             cid = condition_id(part.condition)
             got = shards.setdefault(cid, {})
             got[shard[0]] = part
-            self.stats["shards"] += 1
+            self._count("shards")
             if len(got) < shard[1] or cid in delivered:
                 return
             results = [merge_shards(task, [got[i] for i in range(shard[1])])]
@@ -406,5 +410,5 @@ class RayExecutor:
             if cid in delivered:  # a unit is never delivered twice, but stay safe
                 continue
             delivered.add(cid)
-            self.stats["conditions"] += 1
+            self._count("conditions")
             on_result(result)
