@@ -51,6 +51,9 @@ def test_a_spec_and_the_loaded_model_make_the_same_run(tiny_llama_dir: Path, tmp
 
 
 def test_bad_specs_and_executors_fail_in_one_line() -> None:
+    from depthprobe.sweep import Executor
+
+    assert isinstance(dp.RayExecutor(), Executor)  # constructing one contacts no cluster
     with pytest.raises(ValueError, match="unknown dtype 'f8'; valid:"):
         dp.ModelSpec("organism-base", dtype="f8")
     with pytest.raises(ValueError, match="needs a model name or path"):

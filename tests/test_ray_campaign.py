@@ -76,6 +76,8 @@ def test_campaign_errors_name_what_is_valid(tmp_path: Path) -> None:
         plan_campaign({"models": ["organism-base"], "tasks": ["organism_knowlege"]})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         plan_campaign(tmp_path / "missing.toml")
+    with pytest.raises(ValueError, match="concurrency=2 needs an executor with remote workers"):
+        run_campaign({"models": ["organism-base"], "tasks": ["organism_knowledge"]}, root=tmp_path, concurrency=2)
 
 
 def test_the_study_campaign_plans_every_model_task_and_protocol() -> None:

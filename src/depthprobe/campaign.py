@@ -194,6 +194,9 @@ def run_campaign(
         concurrency = resources()[0] if remote and callable(resources) else 1
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    if concurrency > 1 and not remote:
+        raise ValueError(f"concurrency={concurrency} needs an executor with remote workers (RayExecutor); "
+                         f"in this process sweeps run one at a time (concurrency=1)")
     bar = tqdm(total=len(sweeps), desc="campaign", unit="sweep", disable=not progress, dynamic_ncols=True)
     lock = threading.Lock()
     rows: list[dict[str, Any] | None] = [None] * len(sweeps)
