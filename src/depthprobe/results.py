@@ -206,6 +206,8 @@ def load_results(run_dir: str | os.PathLike[str], samples: bool = False) -> pd.D
     Condition rows carry ``condition``, ``kind``, ``layer`` (first intervened layer),
     ``layer_max``, ``index`` (head or group of a single-intervention condition) and
     ``n_interventions``; ``baseline`` has layer NaN. Deltas are NaN until the baseline is done.
+    Where samples carry a ``doc_id``, each delta has its paired standard error and 95% t
+    interval (``delta_<metric>_stderr``, ``_ci_low``, ``_ci_high``; see ``depthprobe.uncertainty``).
     With ``samples=True`` every per-sample row is returned with its ``condition``.
     """
     records = _read_records(Path(run_dir))
@@ -230,6 +232,9 @@ def load_results(run_dir: str | os.PathLike[str], samples: bool = False) -> pd.D
             continue
         ref = float(base[name].iloc[0]) if len(base) else math.nan
         df[f"delta_{name}"] = df[name].astype(float) - ref
+    from depthprobe.uncertainty import add_delta_uncertainty
+
+    add_delta_uncertainty(df, records, [n for n in metric_names if not (n.endswith("_stderr") or "_stderr," in n)])
     order = {c: i for i, c in enumerate(["baseline"])}
     df["_order"] = df["condition"].map(order).fillna(1)
     sort_cols = ["_order"] + [c for c in ("layer", "layer_max", "index", "condition") if c in df.columns]
