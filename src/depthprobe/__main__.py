@@ -65,7 +65,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     model = cli.load(args)
     options = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
     df = cli.sweep(model, args.task, args.grid, args, "sweep", args.task, args.grid.replace(":", "_"), **options)
-    print(cli.summary(df, [cli.primary_metric(args.task)], title=f"{args.task}: {args.grid}"))
+    metric = cli.primary_metric(args.task)
+    print(cli.summary(df, [metric], title=f"{args.task}: {args.grid}"))
+    cli.save(cli.grid_figure(df, args.grid, metric, model, title=f"{args.model}: {args.task}, {args.grid}"),
+             args, f"sweep_{args.task}_{args.grid.replace(':', '_')}")
     return 0
 
 
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                   study_example="python -m depthprobe sweep --model qwen3-8b --task mmlu --grid layers")
     sweep = sub.add_parser("sweep", parents=[sweep], add_help=False, help="run a custom sweep (resumable)")
     sweep.add_argument("--task", required=True, help="a task name (python -c 'import depthprobe; print(depthprobe.list_tasks())')")
-    sweep.add_argument("--grid", default="layers", help="layers | heads:L | groups:L | head_weights:L | blocks:N")
+    sweep.add_argument("--grid", default="layers", help="layers | heads:L | heads:all | groups:L | head_weights:L | blocks:N")
     sweep.add_argument("--num-fewshot", type=int, default=None)
     sweep.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)

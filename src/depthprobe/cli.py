@@ -67,15 +67,30 @@ def run_dir(args: argparse.Namespace, *parts: str) -> Path:
 
 
 def summary(df: pd.DataFrame, metrics: Sequence[str], *, title: str) -> str:
-    """A plain-text table of the metric and its change from the baseline, one row per condition."""
-    cols = ["condition"]
+    """A plain-text table of the metric and its change from the baseline, one row per condition.
+
+    Where the results carry paired uncertainty, each delta is followed by its standard error,
+    its 95% t interval and ``*`` when that interval excludes 0 (paired t-test, two-sided, 5%).
+    """
+    from depthprobe.uncertainty import significant
+
+    table = df[["condition"]].copy()
+    marked = False
     for metric in metrics:
         if metric in df.columns:
-            cols.append(metric)
+            table[metric] = df[metric]
             if f"delta_{metric}" in df.columns:
-                cols.append(f"delta_{metric}")
-    table = df[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}")
-    return f"\n== {title} ==\n{table}\n"
+                table[f"delta_{metric}"] = df[f"delta_{metric}"]
+            if f"delta_{metric}_ci_low" in df.columns:
+                tag = f" {metric}" if len(metrics) > 1 else ""
+                table[f"delta_{metric}_stderr"] = df[f"delta_{metric}_stderr"]
+                table[f"95% CI{tag}"] = [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in
+                                         zip(df[f"delta_{metric}_ci_low"], df[f"delta_{metric}_ci_high"])]
+                table[f"sig{tag}"] = significant(df, metric).map({True: "*", False: ""})
+                marked = True
+    text = table.to_string(index=False, float_format=lambda x: f"{x:.3f}")
+    note = "\n* the delta's paired 95% t interval excludes 0 (paired t-test on per-document differences)" if marked else ""
+    return f"\n== {title} ==\n{text}{note}\n"
 
 
 def is_organism(name: str) -> bool:
@@ -99,6 +114,23 @@ def sweep(model: Any, task: Any, grid: Any, args: argparse.Namespace, *parts: st
 
     return run_sweep(model, task, grid, out_dir=run_dir(args, *parts), limit=args.limit,
                      batch_size=args.batch_size, data_dir=args.data_dir, progress=not args.no_progress, **options)
+
+
+def grid_figure(df: pd.DataFrame, grid: str, metric: str, model: Any, *, title: str) -> Any:
+    """The figure of one grid's results: layer curves, a layer's head bars, the head heatmap, or one bar per condition."""
+    from depthprobe import plots
+    from depthprobe.models import model_dims
+
+    kind, _, arg = grid.strip().partition(":")
+    if kind == "layers":
+        return plots.layer_curves(df, [metric], title=title)
+    if kind in ("heads", "groups", "head_weights") and arg.isdigit():
+        size = model_dims(model).group_size if kind != "groups" else 1
+        return plots.head_attribution(df, int(arg), metric=metric, group_size=size,
+                                      kind={"heads": "head", "groups": "group"}.get(kind, kind), title=title)
+    if grid.strip() == "heads:all":
+        return plots.head_heatmap(df, metric=metric, title=title)
+    return plots.condition_bars(df, metric=metric, title=title)
 
 
 def save(fig: Any, args: argparse.Namespace, name: str) -> None:

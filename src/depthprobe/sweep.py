@@ -125,10 +125,12 @@ _GRID_RE = re.compile(r"^(layers|heads|groups|head_weights|blocks)(?::(\d+))?$")
 
 
 def parse_grid(model_or_dims: ModelDims | torch.nn.Module, spec: str) -> list[list[Intervention]]:
-    """A grid from its command-line spelling: ``layers``, ``heads:L``, ``groups:L``, ``head_weights:L``, ``blocks:N``."""
+    """A grid from its command-line spelling: ``layers``, ``heads:L``, ``heads:all``, ``groups:L``, ``head_weights:L``, ``blocks:N``."""
+    if spec.strip() == "heads:all":  # every query head of every layer
+        return [c for layer in range(_dims(model_or_dims).n_layers) for c in head_grid(model_or_dims, layer)]
     m = _GRID_RE.match(spec.strip())
     if m is None:
-        raise ValueError(f"unknown grid {spec!r}; valid: layers, heads:L, groups:L, head_weights:L, blocks:N")
+        raise ValueError(f"unknown grid {spec!r}; valid: layers, heads:L, heads:all, groups:L, head_weights:L, blocks:N")
     kind, arg = m.group(1), m.group(2)
     if kind == "layers":
         if arg is not None:
