@@ -27,9 +27,9 @@ signed means (0.11-0.39; integrated gradients 0.69-0.72). Confirm with exact abl
 (``run_sweep(..., prescreen=Prescreen(...))``).
 
 TransformerLens 4.3's ``tools.analysis.attribution_patching`` captures gradients with
-backward hooks for clean/corrupt patching one example at a time; masks give the per-row,
-per-head gradients of a whole batch, and the scaled path integrated gradients need, directly.
-The tests use its ``cache_activation_and_gradient`` as an independent reference.
+backward hooks for clean/corrupt patching one example at a time, without a zero-ablation mode;
+masks give the per-row, per-head gradients of a whole batch, and the scaled paths integrated
+gradients need, directly, so that module is not used here.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,6 @@ from depthprobe.types import HeadActs, Resid
 
 __all__ = ["METHODS", "METRICS", "Prescreen", "attribute", "exact_effects", "metric_requests", "select"]
 
-Method = Literal["atp", "ig"]
 METHODS = ("atp", "ig")
 #: Attribution metrics: ``logit_diff`` for multiple-choice tasks, ``logprob`` for generation tasks.
 METRICS = ("logit_diff", "logprob")
@@ -72,7 +71,7 @@ class Prescreen:
 
     top_k: int
     random_k: int = 0
-    method: Method = "atp"
+    method: str = "atp"
     metric: str | None = None
     steps: int | None = None
     seed: int = 0
@@ -144,8 +143,8 @@ def metric_requests(task: Any, *, metric: str | None = None, limit: int | None =
     return metric, out
 
 
-def _doc_metric(lls: Sequence[float] | Tensor, gold: int) -> Any:
-    """M of one document from its continuations' summed log-likelihoods."""
+def _doc_metric(lls: Sequence[Any], gold: int) -> Any:
+    """M of one document from its continuations' summed log-likelihoods (floats, or scalar tensors to differentiate)."""
     if len(lls) == 1:
         return lls[0]
     others = [lls[j] for j in range(len(lls)) if j != gold]
@@ -309,7 +308,7 @@ def attribute(
     task: Any,
     grid: str | Sequence[Condition],
     *,
-    method: Method = "atp",
+    method: str = "atp",
     metric: str | None = None,
     steps: int | None = None,
     limit: int | None = None,
