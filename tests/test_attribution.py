@@ -3,6 +3,8 @@ the sum over a group's heads, and (integrated gradients) exact ablation through 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +147,46 @@ def test_heads_all_grid_and_errors(tiny_llama_dir: Path) -> None:
         attribute(model, TASK, "layers", metric="logprob", limit=1)
     with pytest.raises(ValueError, match="Prescreen.top_k must be a non-negative int"):
         Prescreen(top_k=-1)
+
+
+def test_prescreen_measures_exactly_the_selection_and_recall_comes_from_it(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    model = dp.load_model(tiny_llama_dir)
+    screen = Prescreen(top_k=3, random_k=2, seed=1)
+    run = tmp_path / "run"
+    df = dp.run_sweep(model, TASK, "heads:all", out_dir=run, limit=LIMIT, prescreen=screen, progress=False)
+    # the selection, recomputed independently: the 3 largest estimate_abs, then 2 of the other 9
+    est = attribute(model, TASK, "heads:all", limit=LIMIT).sort_values("estimate_abs", ascending=False)
+    top = est["condition"].head(3).tolist()
+    files = sorted(json.loads(p.read_text())["condition"] for p in (run / "conditions").glob("*.json"))
+    assert len(files) == 1 + 3 + 2 and set(top) <= set(files) and "baseline" in files
+    assert sorted(df["condition"]) == files
+    rows = df[df["condition"] != "baseline"].set_index("condition")
+    assert sorted(rows.index[rows["screen"] == "top"]) == sorted(top)
+    randoms = rows.index[rows["screen"] == "random"].tolist()
+    assert len(randoms) == 2 and not set(randoms) & set(top)
+    assert rows.loc[top, "estimate"].tolist() == pytest.approx(est.set_index("condition").loc[top, "estimate"].tolist())
+    # the exact columns are real ablations: the engine's per-document logit differences, by hand
+    conds = [[]] + [[dp.zero_head(*map(int, re.findall(r"\d+", cid)))] for cid in rows.index]
+    m = logit_diffs(model, conds)
+    for cid in rows.index:
+        d = m[cid] - m["baseline"]
+        assert rows.loc[cid, "exact"] == pytest.approx(d.mean(), abs=1e-5)
+        assert rows.loc[cid, "exact_abs"] == pytest.approx(np.abs(d).mean(), abs=1e-5)
+    # and so are the task metrics: one condition evaluated on its own under ablate
+    with dp.ablate(model, *conds[1]):
+        ref = dp.evaluate(model, TASK, limit=LIMIT)
+    assert rows.loc[conds[1][0].id, "acc"] == ref.metrics["acc"]
+    # recall from the measured rows: of the 3 largest exact effects measured, how many the screen ranked top
+    truth = rows.sort_values("exact_abs", ascending=False).index[:3]
+    report = df.attrs["prescreen"]
+    assert report["recall"] == len(set(truth) & set(top)) / 3
+    truth_acc = rows.assign(a=rows["delta_acc"].abs()).sort_values(["a", "condition"], ascending=[False, True]).index[:3]
+    assert report["recall_acc"] == len(set(truth_acc) & set(top)) / 3
+    assert (report["n_measured"], report["n_top"], report["n_random"]) == (5, 3, 2)
+    # resuming measures nothing again; other screen settings are refused
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "conditions").iterdir()}
+    again = dp.run_sweep(model, TASK, "heads:all", out_dir=run, limit=LIMIT, prescreen=screen, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in (run / "conditions").iterdir()} == stamps
+    assert again.attrs["prescreen"] == report
+    with pytest.raises(ValueError, match="was pre-screened with"):
+        dp.run_sweep(model, TASK, "heads:all", out_dir=run, limit=LIMIT, prescreen=Prescreen(top_k=4), progress=False)

@@ -1,6 +1,7 @@
 """depthprobe: how much each layer and attention head of a decoder LLM contributes to a task,
 and how that answer changes with the evaluation protocol."""
 
+from depthprobe.attribution import Prescreen, attribute
 from depthprobe.evaluation import EvalResult, evaluate
 from depthprobe.interventions import (
     Intervention,
@@ -25,7 +26,9 @@ __all__ = [
     "EvalResult",
     "Intervention",
     "ModelNotFoundError",
+    "Prescreen",
     "ablate",
+    "attribute",
     "evaluate",
     "get_task",
     "list_tasks",

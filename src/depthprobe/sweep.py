@@ -402,11 +402,13 @@ def sweep_conditions(
     *,
     progress: bool = True,
     desc: str = "conditions",
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Evaluate every condition not yet stored in ``run_dir`` (baseline first), storing each as it finishes.
 
     ``evaluate_condition(condition)`` returns ``(metrics, samples)``. Returns the ids evaluated
-    by this call; conditions already on disk are skipped, so re-running resumes.
+    by this call; conditions already on disk are skipped, so re-running resumes. ``extras``
+    adds fields to a condition's result row (the pre-screen's estimates).
     """
     conditions = _with_baseline(conditions)
     todo = [c for c in conditions if not run_dir.done(condition_id(c))]
@@ -420,7 +422,7 @@ def sweep_conditions(
             start = time.perf_counter()
             metrics, samples = evaluate_condition(list(cond))
             run_dir.write(cid, metrics, samples, **_condition_info(cond), wall_s=time.perf_counter() - start,
-                          n_samples=None if samples is None else len(samples))
+                          n_samples=None if samples is None else len(samples), **(extras or {}).get(cid, {}))
             ran.append(cid)
             bar.update(1)
     finally:
@@ -479,6 +481,7 @@ def run_sweep(
     progress: bool = True,
     engine: bool = True,
     chunk: int = 8,
+    prescreen: Any = None,
     **evaluate_options: Any,
 ) -> pd.DataFrame:
     """Evaluate ``task`` under the baseline and every condition; store, resume, and return ``load_results(out_dir)``.
@@ -490,6 +493,11 @@ def run_sweep(
     every task with ``engine=False``, run ``depthprobe.evaluation.evaluate`` under ``ablate``
     per condition. ``evaluate_options`` go to ``evaluate`` (``data_dir``, ``max_gen_toks``,
     ``chat``, ``enable_thinking``, task options).
+
+    ``prescreen=depthprobe.Prescreen(top_k, random_k)`` attributes every condition first
+    (``depthprobe.attribute``) and exact-ablates only the ``top_k`` by ``estimate_abs`` plus a
+    random sample of the rest; their rows also hold ``estimate``, ``estimate_abs``, ``screen``
+    and the exact delta of the screen's metric, and ``df.attrs["prescreen"]`` reports top-k recall.
     """
     from depthprobe.results import RunDir, build_manifest, load_results
 
@@ -514,6 +522,20 @@ def run_sweep(
         max_gen_toks=max_gen_toks if protocol == "generate_until" else None,
     )
     run_dir = RunDir(out_dir, manifest)
+    extras = None
+    if prescreen is not None:
+        from depthprobe.attribution import prescreen_report, screen_conditions
+
+        conditions, extras = screen_conditions(model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
+                                               num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
+
+        def finish(df: pd.DataFrame) -> pd.DataFrame:
+            df.attrs["prescreen"] = prescreen_report(df, prescreen, t.metric_names if protocol == "loglikelihood" else
+                                                     [f"exact_match,{f.name}" for f in t.generation.filters])
+            return df
+    else:
+        def finish(df: pd.DataFrame) -> pd.DataFrame:
+            return df
 
     if engine and t.output_type == "multiple_choice":
         todo = [c for c in conditions if not run_dir.done(condition_id(c))]
@@ -521,8 +543,8 @@ def run_sweep(
                   **task_options}
         instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
         scorer = _chunked_choice_scorer(model, t, instances, todo, config, batch_size=batch_size, chunk=chunk)
-        sweep_conditions(run_dir, conditions, scorer, progress=progress, desc=f"{t.name} sweep")
-        return load_results(out_dir)
+        sweep_conditions(run_dir, conditions, scorer, progress=progress, desc=f"{t.name} sweep", extras=extras)
+        return finish(load_results(out_dir))
 
     def evaluate_condition(condition: list[Intervention]) -> tuple[Mapping[str, float], pd.DataFrame]:
         kwargs: dict[str, Any] = {"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
@@ -534,5 +556,5 @@ def run_sweep(
             result = evaluate(model, t, **kwargs)
         return result.metrics, result.samples
 
-    sweep_conditions(run_dir, conditions, evaluate_condition, progress=progress, desc=f"{t.name} sweep")
-    return load_results(out_dir)
+    sweep_conditions(run_dir, conditions, evaluate_condition, progress=progress, desc=f"{t.name} sweep", extras=extras)
+    return finish(load_results(out_dir))
