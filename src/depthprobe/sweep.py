@@ -530,8 +530,12 @@ def run_sweep(
                                                num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
 
         def finish(df: pd.DataFrame) -> pd.DataFrame:
-            df.attrs["prescreen"] = prescreen_report(df, prescreen, t.metric_names if protocol == "loglikelihood" else
-                                                     [f"exact_match,{f.name}" for f in t.generation.filters])
+            report = prescreen_report(df, prescreen, t.metric_names if protocol == "loglikelihood" else
+                                      [f"exact_match,{f.name}" for f in t.generation.filters])
+            df.attrs["prescreen"] = report
+            if progress:
+                tqdm.write(f"prescreen: measured {report['n_top']} top + {report['n_random']} random conditions; "
+                           f"top-{report['top_k']} recall {report['recall']:.2f} among them")
             return df
     else:
         def finish(df: pd.DataFrame) -> pd.DataFrame:
