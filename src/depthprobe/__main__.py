@@ -63,7 +63,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from depthprobe import cli
 
     model = cli.load(args)
-    options = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
+    options: dict = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
+    if args.prescreen:
+        from depthprobe.attribution import Prescreen
+
+        top, _, rand = args.prescreen.partition(",")
+        if not top.isdigit() or not (rand.isdigit() or not rand):
+            raise SystemExit(f"error: --prescreen {args.prescreen!r}: expected TOP_K or TOP_K,RANDOM_K, e.g. 10,10")
+        options["prescreen"] = Prescreen(top_k=int(top), random_k=int(rand or 0))
     df = cli.sweep(model, args.task, args.grid, args, "sweep", args.task, args.grid.replace(":", "_"), **options)
     metric = cli.primary_metric(args.task)
     print(cli.summary(df, [metric], title=f"{args.task}: {args.grid}"))
@@ -87,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--task", required=True, help="a task name (python -c 'import depthprobe; print(depthprobe.list_tasks())')")
     sweep.add_argument("--grid", default="layers", help="layers | heads:L | heads:all | groups:L | head_weights:L | blocks:N")
     sweep.add_argument("--num-fewshot", type=int, default=None)
+    sweep.add_argument("--prescreen", default=None, metavar="TOP_K[,RANDOM_K]",
+                       help="attribute every condition first, exact-ablate only the top-k and a random sample of the rest")
     sweep.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     return args.func(args)
