@@ -11,7 +11,6 @@ smaller than the two runs' own standard errors combined.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -47,16 +46,6 @@ def t_quantile(level: float, dof: int) -> float:
     return float(t.ppf(0.5 + level / 2, dof))
 
 
-def _stats(diffs: np.ndarray, level: float) -> tuple[float, float, float]:
-    n = len(diffs)
-    if n < 2:
-        return math.nan, math.nan, math.nan
-    mean = float(diffs.mean())
-    se = float(diffs.std(ddof=1) / math.sqrt(n))
-    half = t_quantile(level, n - 1) * se
-    return se, mean - half, mean + half
-
-
 def paired_delta_stats(
     samples: pd.DataFrame,
     metrics: Sequence[str],
@@ -78,28 +67,31 @@ def paired_delta_stats(
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     if samples.empty or key not in samples.columns or "condition" not in samples.columns:
         return pd.DataFrame()
-    base = samples[samples["condition"] == baseline]
-    if base.empty:
+    if not (samples["condition"] == baseline).any():
         return pd.DataFrame()
-    if base[key].duplicated().any():
-        raise ValueError(f"baseline samples repeat {key} values; each document must appear once to be paired")
-    out: dict[str, dict[str, float]] = {}
+    repeated = samples.duplicated(["condition", key])
+    if repeated.any():
+        cond = samples.loc[repeated, "condition"].iloc[0]
+        raise ValueError(f"condition {cond!r} repeats {key} values; each document must appear once to be paired")
+    from scipy.stats import t
+
+    columns: dict[str, pd.Series] = {}
     for metric in metrics:
         col = sample_column(metric, samples.columns)
         if col is None:
             continue
-        ref = pd.Series(base[col].astype(float).to_numpy(), index=base[key].to_numpy())
-        for cond, rows in samples.groupby("condition", sort=False):
-            values = pd.Series(rows[col].astype(float).to_numpy(), index=rows[key].to_numpy())
-            if values.index.duplicated().any():
-                raise ValueError(f"condition {cond!r} repeats {key} values; each document must appear once")
-            shared = values.index.intersection(ref.index)
-            diffs = (values.loc[shared] - ref.loc[shared]).to_numpy(dtype=np.float64)
-            diffs = diffs[~np.isnan(diffs)]
-            se, low, high = _stats(diffs, level)
-            row = out.setdefault(str(cond), {})
-            row[f"delta_{metric}_stderr"], row[f"delta_{metric}_ci_low"], row[f"delta_{metric}_ci_high"] = se, low, high
-    return pd.DataFrame.from_dict(out, orient="index")
+        wide = samples.pivot(index=key, columns="condition", values=col).astype(float)
+        diffs = wide.sub(wide[baseline], axis=0)  # NaN where a document is missing from either run
+        n = diffs.notna().sum()
+        mean = diffs.mean()
+        se = (diffs.std(ddof=1) / np.sqrt(n)).where(n >= 2)
+        half = pd.Series(t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)), index=n.index).where(n >= 2) * se
+        columns[f"delta_{metric}_stderr"] = se
+        columns[f"delta_{metric}_ci_low"] = mean - half
+        columns[f"delta_{metric}_ci_high"] = mean + half
+    out = pd.DataFrame(columns)
+    out.index = out.index.astype(str)
+    return out
 
 
 def significant(df: pd.DataFrame, metric: str) -> pd.Series:
