@@ -22,6 +22,26 @@ from depthprobe.tasks import get_task, list_tasks, register_task
 
 __version__ = "0.1.0"
 
+
+def lm_eval_model(model, **options):  # type: ignore[no-untyped-def]
+    """The lm-evaluation-harness ``LM`` of a loaded model (see ``depthprobe.lm_eval_backend``); needs lm-eval."""
+    from depthprobe.lm_eval_backend import lm_eval_model as make
+
+    return make(model, **options)
+
+
+def _register_lm_eval_backend() -> None:
+    """Make ``model="depthprobe"`` known to lm-eval when it is installed (a lazy import path: cheap)."""
+    try:
+        from lm_eval.api.registry import model_registry
+    except ImportError:  # lm-eval is an optional dependency
+        return
+    if "depthprobe" not in model_registry:
+        model_registry.register("depthprobe", target="depthprobe.lm_eval_backend:DepthprobeLM")
+
+
+_register_lm_eval_backend()
+
 __all__ = [
     "EvalResult",
     "Intervention",
@@ -32,6 +52,7 @@ __all__ = [
     "evaluate",
     "get_task",
     "list_tasks",
+    "lm_eval_model",
     "load_results",
     "register_task",
     "run_sweep",

@@ -1,4 +1,5 @@
-"""Command line: ``python -m depthprobe models`` lists the model aliases; ``demo`` runs a first layer sweep."""
+"""Command line: ``python -m depthprobe models`` lists the model aliases; ``demo`` runs a first layer sweep;
+``sweep`` runs a custom sweep; ``lm-eval`` is lm-evaluation-harness's CLI with the depthprobe backend."""
 
 import argparse
 import os
@@ -80,6 +81,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # every other argument is lm-eval's own
+        from depthprobe.lm_eval_backend import cli as lm_eval_cli
+
+        return lm_eval_cli(argv[1:])
     parser = argparse.ArgumentParser(prog="depthprobe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model aliases load_model accepts").set_defaults(func=cmd_models)
@@ -97,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--prescreen", default=None, metavar="TOP_K[,RANDOM_K]",
                        help="attribute every condition first, exact-ablate only the top-k and a random sample of the rest")
     sweep.set_defaults(func=cmd_sweep)
+    sub.add_parser("lm-eval", help="lm-evaluation-harness's command line with --model depthprobe available "
+                   "(e.g. --model depthprobe --model_args pretrained=organism-base,interventions=skip:L1 --tasks ...)")
     args = parser.parse_args(argv)
     return args.func(args)
 

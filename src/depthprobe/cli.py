@@ -103,6 +103,8 @@ def primary_metric(task: Any) -> str:
     from depthprobe.tasks import get_task
 
     t = get_task(task) if isinstance(task, str) else task
+    if t.scorer == "lm_eval":
+        return t.primary_metric
     if t.output_type == "generate_until":
         return f"exact_match,{t.generation.filters[0].name}"
     return "acc"

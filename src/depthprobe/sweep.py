@@ -541,7 +541,7 @@ def run_sweep(
         def finish(df: pd.DataFrame) -> pd.DataFrame:
             return df
 
-    if engine and t.output_type == "multiple_choice":
+    if engine and t.output_type == "multiple_choice" and t.scorer == "depthprobe":
         todo = [c for c in conditions if not run_dir.done(condition_id(c))]
         config = {"task": t.name, "limit": limit, "num_fewshot": shots, "batch_size": batch_size, "engine": True,
                   **task_options}

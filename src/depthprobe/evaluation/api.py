@@ -64,6 +64,13 @@ def evaluate(
         raise ValueError("enable_thinking needs chat=True (it is a switch of the chat template)")
     t = get_task(task, **task_options)
     start = time.perf_counter()
+    if t.scorer == "lm_eval":  # lm-eval's own evaluator on the depthprobe backend
+        if chat or max_gen_toks is not None or data_dir is not None:
+            raise ValueError(f"{t.name}: chat=, max_gen_toks= and data_dir= belong in the lm-eval task's YAML "
+                             "(pass include_path= for local YAMLs)")
+        result = t.run(model, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size)
+        result.stats["wall_s"] = time.perf_counter() - start
+        return result
     instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
     k = t.default_num_fewshot if num_fewshot is None else num_fewshot
     config = {"task": t.name, "limit": limit, "num_fewshot": k, "batch_size": batch_size, **task_options}

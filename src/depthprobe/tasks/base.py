@@ -100,6 +100,9 @@ class Task:
     generation: GenerationConfig | None = None
     #: Metrics reported for multiple-choice tasks (all are always computed per sample).
     metric_names: tuple[str, ...] = ("acc", "acc_norm", "acc_token_norm")
+    #: Who scores the task: "depthprobe" (its instances, through depthprobe's evaluator and
+    #: the sweep engine) or "lm_eval" (the task evaluates itself with ``run``: lm-eval tasks).
+    scorer: str = "depthprobe"
 
     def __init__(self, **options: Any) -> None:
         if options:
