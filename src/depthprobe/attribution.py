@@ -134,6 +134,9 @@ def metric_requests(task: Any, *, metric: str | None = None, limit: int | None =
                     **task_options: Any) -> tuple[str, list[MetricRequest]]:
     """The metric's name and one request per document (choices and gold; or the reference answer)."""
     t = _task(task, task_options)
+    if getattr(t, "scorer", "depthprobe") != "depthprobe":
+        raise ValueError(f"task {t.name!r} is scored by lm-eval itself; attribution needs a depthprobe task "
+                         f"(its prompts and choices): one of depthprobe.list_tasks()")
     metric = _metric_for(t, metric)
     out = []
     for inst in t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir):
