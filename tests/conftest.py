@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import jaxtyping._typeguard  # noqa: F401  (the checker named in pytest's --jaxtyping-packages must be importable)
@@ -17,6 +18,9 @@ STORIES = SHARED / "models" / "stories260K"
 DATA = SHARED / "data"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The weight-digest cache (depthprobe.hashing) goes to a temporary folder, never the user's ~/.cache;
+# subprocesses started by tests inherit it.
+os.environ["DEPTHPROBE_CACHE_DIR"] = tempfile.mkdtemp(prefix="depthprobe-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,28 @@ STUDY_MODELS_HELP = (
 )
 
 
+def positive_int(text: str) -> int:
+    """``argparse`` type: a whole number >= 1 (``--limit``, ``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type: a whole number >= 0 (``--num-fewshot``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give an integer >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give an integer >= 0")
+    return value
+
+
 def experiment_parser(description: str, *, default_model: str, study_example: str) -> argparse.ArgumentParser:
     """An ``argparse`` parser with the flags every experiment script takes.
 
@@ -32,8 +54,8 @@ def experiment_parser(description: str, *, default_model: str, study_example: st
     parser.add_argument("--model", default=default_model, help=f"alias, hub id or directory (default: {default_model})")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N documents")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N documents")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--data-dir", default=None, help="local data laid out <dataset>/<config>/<split>.jsonl")
     parser.add_argument("--out", default="runs", help="run directory root; re-running resumes (default: runs/)")
     parser.add_argument("--figures", default=str(FIGURES_DIR), help=f"figure directory (default: {FIGURES_DIR})")
@@ -74,6 +96,8 @@ def summary(df: pd.DataFrame, metrics: Sequence[str], *, title: str) -> str:
             cols.append(metric)
             if f"delta_{metric}" in df.columns:
                 cols.append(f"delta_{metric}")
+    if "n_truncated" in df.columns and (df["n_truncated"].fillna(0) > 0).any():
+        cols.append("n_truncated")
     table = df[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}")
     return f"\n== {title} ==\n{table}\n"
 

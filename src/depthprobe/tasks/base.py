@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from depthprobe.data import DatasetRef, load_split
+from depthprobe.data import DataFormatError, DatasetRef, load_split, record_source
 
 __all__ = ["AnswerFilter", "GenerationConfig", "Instance", "Task"]
 
@@ -155,11 +155,28 @@ class Task:
 
     def build_prompt(self, doc: dict[str, Any], shots: Sequence) -> str:
         """lm-eval's plain-text ``fewshot_context``: description + shots + document text."""
-        parts = [self.description(doc)]
+        parts = [self._read(self.description, doc, "document")]
         for shot in shots:
-            parts.append(self.doc_to_text(shot) + self.target_delimiter + self.fewshot_answer(shot) + self.fewshot_delimiter)
-        parts.append(self.doc_to_text(doc))
+            parts.append(self._read(self.doc_to_text, shot, "few-shot example") + self.target_delimiter
+                         + self._read(self.fewshot_answer, shot, "few-shot example") + self.fewshot_delimiter)
+        parts.append(self._read(self.doc_to_text, doc, "document"))
         return "".join(parts)
+
+    def _read(self, fn: Any, doc: dict[str, Any], what: str, index: int | None = None) -> Any:
+        """``fn(doc)``, with a record that lacks a field or holds a wrong value named by file and line."""
+        try:
+            return fn(doc)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+            if isinstance(err, DataFormatError):
+                raise
+            where = record_source(doc) or (f"{what} {index}" if index is not None else what)
+            fields = ", ".join(sorted(map(str, doc))) if isinstance(doc, dict) else type(doc).__name__
+            if isinstance(err, KeyError):
+                problem = f"the record has no field {err.args[0]!r}"
+            else:
+                problem = f"a field holds a value the task cannot read ({type(err).__name__}: {err})"
+            raise DataFormatError(f"{where}: {problem}, which task {self.name!r} needs; "
+                                  f"the record has: {fields}") from None
 
     def instances(
         self,
@@ -170,10 +187,12 @@ class Task:
     ) -> list[Instance]:
         """The first ``limit`` documents of the test split as ready-to-score instances."""
         k = self.default_num_fewshot if num_fewshot is None else num_fewshot
-        if k < 0:
+        if not isinstance(k, bool) and isinstance(k, int) and k < 0:
             raise ValueError(f"num_fewshot must be >= 0, got {k}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of documents, got {limit}")
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise ValueError(f"num_fewshot must be a whole number >= 0, got {k!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"limit must be a positive integer number of documents, got {limit!r}")
         docs = self.test_docs(data_dir)
         if not docs:
             raise ValueError(f"task {self.name!r}: the dataset has no documents")
@@ -182,10 +201,10 @@ class Task:
         for i, doc in enumerate(docs):
             shots = self.fewshot_examples(doc, k, i, data_dir) if k else []
             prompt = self.build_prompt(doc, shots)
-            target = self.doc_to_target(doc)
+            target = self._read(self.doc_to_target, doc, "document", i)
             choices = None
             if self.output_type == "multiple_choice":
-                choices = tuple(self.doc_to_choice(doc))
+                choices = tuple(self._read(self.doc_to_choice, doc, "document", i))
                 if len(choices) < 2:
                     raise ValueError(
                         f"task {self.name!r} document {i} has {len(choices)} choice(s); multiple choice needs at least 2"
