@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 _STORY = (
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
@@ -119,8 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with its errors on one line (usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="depthprobe", description=__doc__,
+    parser = _Parser(prog="depthprobe", description=__doc__,
                                      epilog="--debug (anywhere on the line) shows the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model aliases load_model accepts").set_defaults(func=cmd_models)

@@ -67,6 +67,10 @@ def load(args: argparse.Namespace, name: str | None = None) -> Any:
     """Load ``name`` (default ``args.model``) with the script's device and dtype."""
     from depthprobe.models import load_model
 
+    if getattr(args, "no_progress", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the weight-loading bar too
     return load_model(name or args.model, dtype=args.dtype, device=args.device)
 
 
