@@ -97,8 +97,13 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
 @lru_cache(maxsize=16)
 def _read_jsonl_cached(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[tuple[int, dict[str, Any]], ...]]:
     raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
     records = []
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
