@@ -73,3 +73,38 @@ def test_mismatch_and_unwritable_output_are_one_line_and_debug_shows_the_traceba
     assert code == 2 and one_line(err).startswith(f"depthprobe: error: not a directory: {blocker}/runs")
     with pytest.raises(NotADirectoryError):
         main(sweep_args(blocker / "runs") + ["--debug"])
+
+
+def test_truncation_is_one_warning_line_and_a_column(tmp_path: Path, capsys) -> None:
+    from depthprobe.tiny import make_tiny_model
+
+    from .test_rundir import write_mmlu
+
+    model = make_tiny_model(tmp_path / "short", arch="llama", n_layers=2, seed=0, max_position_embeddings=48)
+    data = write_mmlu(tmp_path / "data")
+    capsys.readouterr()
+    code, out, err = run(["sweep", "--model", str(model), "--task", "mmlu", "--data-dir", str(data), "--grid",
+                          "blocks:2", "--limit", "3", "--num-fewshot", "5", "--out", str(tmp_path / "runs"),
+                          "--no-progress"], capsys)
+    assert code == 0
+    assert one_line(err) == ("depthprobe: warning: mmlu: 3 of 3 prompts were longer than the model's 48 positions "
+                             "and were cut from the left; their scores see only the end of the prompt "
+                             "(n_truncated counts them)")
+    header = out.split("==\n", 1)[1].splitlines()[0].split()
+    assert header[-1] == "n_truncated" and out.count(" 3\n") >= 2  # baseline and blocks:L0-1 rows show 3
+
+
+def test_experiment_scripts_share_the_one_line_errors(tmp_path: Path, capsys) -> None:
+    from depthprobe import cli
+
+    from .test_experiments import script
+
+    knowledge = script("knowledge")
+    with pytest.raises(SystemExit) as stop:
+        cli.guard(knowledge.main, ["--limit", "-1", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert one_line(capsys.readouterr().err).endswith("argument --limit: -1 is not positive; give a positive "
+                                                      "integer (--help lists the options)")
+    code = cli.guard(knowledge.main, ["--model", str(tmp_path / "none"), "--out", str(tmp_path)])
+    assert code == 2 and one_line(capsys.readouterr().err) == (f"depthprobe: error: model directory "
+                                                               f"'{tmp_path / 'none'}' does not exist")

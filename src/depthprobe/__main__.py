@@ -4,7 +4,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 _STORY = (
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
@@ -66,69 +65,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     metric = cli.primary_metric(get_task(args.task))  # an unknown task is refused before the model loads
     parts = ("sweep", args.task, args.grid.replace(":", "_"))
-    args.run_path = cli.run_dir(args, *parts)
     model = cli.load(args)
     options = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
     df = cli.sweep(model, args.task, args.grid, args, *parts, **options)
     print(cli.summary(df, [metric], title=f"{args.task}: {args.grid}"))
     computed = len(df.attrs.get("computed", []))
-    print(f"computed {computed} condition(s); {len(df) - computed} were already saved in {args.run_path}")
+    print(f"computed {computed} condition(s); {len(df) - computed} were already saved in {cli.run_dir(args, *parts)}")
     return 0
-
-
-def _error_line(err: BaseException) -> str:
-    """One line for a user error: the message, or for an OS error what failed on which path."""
-    if isinstance(err, OSError) and err.strerror and err.filename and str(err).startswith("[Errno"):
-        text = f"{err.strerror.lower()}: {err.filename}"
-        if isinstance(err, PermissionError):
-            text += " (choose a writable --out)"
-    else:
-        text = str(err) or type(err).__name__
-    return " ".join(text.split())
-
-
-def _interrupted(args: argparse.Namespace | None) -> str:
-    path = getattr(args, "run_path", None)
-    if path is None:
-        return "depthprobe: interrupted"
-    conditions = Path(path) / "conditions"
-    n = sum(1 for _ in conditions.glob("[!.]*.json")) if conditions.is_dir() else 0
-    return (f"depthprobe: interrupted; {n} condition(s) are saved in {path}; "
-            f"run the same command again to resume (saved conditions are not recomputed)")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line. A user error is one line on stderr (exit status 2; ``--debug`` shows the traceback);
     Ctrl-C says what is saved and how to resume (exit status 130)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    args = None
-    try:
-        parser = _parser()
-        args = parser.parse_args(argv)
-        return args.func(args)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print(_interrupted(args), file=sys.stderr)
-        return 130
-    except (ValueError, OSError, ImportError) as err:
-        if debug:
-            raise
-        print(f"depthprobe: error: {_error_line(err)}", file=sys.stderr)
-        return 2
+    from depthprobe.cli import guard
+
+    return guard(_dispatch, argv)
 
 
-class _Parser(argparse.ArgumentParser):
-    """``argparse`` with its errors on one line (usage is one ``--help`` away)."""
-
-    def error(self, message: str) -> "NoReturn":
-        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+def _dispatch(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return args.func(args)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="depthprobe", description=__doc__,
+    from depthprobe.cli import OneLineParser
+
+    parser = OneLineParser(prog="depthprobe", description=__doc__,
                                      epilog="--debug (anywhere on the line) shows the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model aliases load_model accepts").set_defaults(func=cmd_models)

@@ -2,9 +2,10 @@
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 
@@ -16,6 +17,13 @@ STUDY_MODELS_HELP = (
     "the study's settings: --model llama-3.1-8b | qwen3-8b | llama-1-7b | r1-distill-llama-8b "
     "(or any local Hugging Face directory), with --device cuda --dtype bfloat16"
 )
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` with its errors on one line (the usage is one ``--help`` away); exit status 2."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
 def positive_int(text: str) -> int:
@@ -46,7 +54,7 @@ def experiment_parser(description: str, *, default_model: str, study_example: st
     ``default_model`` is the embedded default (a small model that runs on a laptop CPU);
     ``study_example`` is the command line of the paper's own setting, shown in ``--help``.
     """
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description=description,
         epilog=f"{STUDY_MODELS_HELP}. Example: {study_example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -84,6 +92,62 @@ def check_layers(model: Any, layers: Iterable[int], flag: str = "--layer") -> li
     if bad:
         sys.exit(f"error: {flag} {' '.join(map(str, bad))} is outside the model: it has layers 0..{n - 1}")
     return layers
+
+
+#: The run directory the current command is writing (for the Ctrl-C message).
+_current_run: Path | None = None
+
+
+def _error_line(err: BaseException) -> str:
+    """One line for a user error: the message, or for an OS error what failed on which path."""
+    if isinstance(err, OSError) and err.strerror and err.filename and str(err).startswith("[Errno"):
+        text = f"{err.strerror.lower()}: {err.filename}"
+        if isinstance(err, PermissionError):
+            text += " (choose a writable --out)"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def _interrupted() -> str:
+    if _current_run is None:
+        return "depthprobe: interrupted; nothing was being written"
+    conditions = _current_run / "conditions"
+    n = sum(1 for _ in conditions.glob("[!.]*.json")) if conditions.is_dir() else 0
+    return (f"depthprobe: interrupted; {n} condition(s) are saved in {_current_run}; "
+            f"run the same command again to resume (saved conditions are not recomputed)")
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    print(f"depthprobe: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
+def guard(main: Callable[..., int], argv: list[str] | None = None) -> int:
+    """Run a command's ``main(argv)`` the way a person should see it: a user error (bad value, missing
+    file, refused run directory) is one line on stderr and exit status 2, a warning one line, Ctrl-C
+    one line saying what is saved and how to resume (exit status 130). ``--debug`` anywhere in
+    ``argv`` keeps the tracebacks."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    global _current_run
+    _current_run = None
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print(_interrupted(), file=sys.stderr)
+            return 130
+        except (ValueError, OSError, ImportError) as err:
+            if debug:
+                raise
+            print(f"depthprobe: error: {_error_line(err)}", file=sys.stderr)
+            return 2
 
 
 def run_dir(args: argparse.Namespace, *parts: str) -> Path:
@@ -125,7 +189,9 @@ def sweep(model: Any, task: Any, grid: Any, args: argparse.Namespace, *parts: st
     """``run_sweep`` with the script's common flags, into ``run_dir(args, *parts)``; resumes by default."""
     from depthprobe.sweep import run_sweep
 
-    return run_sweep(model, task, grid, out_dir=run_dir(args, *parts), limit=args.limit,
+    global _current_run
+    _current_run = run_dir(args, *parts)
+    return run_sweep(model, task, grid, out_dir=_current_run, limit=args.limit,
                      batch_size=args.batch_size, data_dir=args.data_dir, progress=not args.no_progress, **options)
 
 
