@@ -254,7 +254,8 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"{self.path} is a file, not a run directory; choose another output directory")
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.path / ".lock"))
+        # not thread-local: worker threads of this process writing conditions share the hold of the main thread
+        self._lock = FileLock(str(self.path / ".lock"), thread_local=False)
         with FileLock(str(self.path / ".manifest.lock")):
             file = self.path / MANIFEST
             if file.is_file():
