@@ -267,3 +267,12 @@ def test_left_truncation_is_warned_counted_and_titled(tiny, tmp_path: Path) -> N
         fine = sweep(tiny, tmp_path / "zero-shot", task="mmlu", data_dir=data, num_fewshot=0)
     assert list(fine["n_truncated"]) == [0, 0, 0, 0]
     assert layer_curves(fine, ["acc"], title="mmlu").layout.title.text == "mmlu"
+
+
+def test_a_fractional_limit_is_refused_by_name() -> None:
+    """``limit=2.5`` used to reach a list slice; the check itself, unwrapped from the test-time type checker."""
+    task = dp.get_task("organism_knowledge")
+    instances = getattr(type(task).instances, "__wrapped__", type(task).instances)
+    with pytest.raises(ValueError, match=r"^limit must be a positive integer number of documents, got 2\.5$"):
+        instances(task, limit=2.5)
+    assert len(instances(task, limit=2)) == 2
