@@ -276,3 +276,13 @@ def test_a_fractional_limit_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"^limit must be a positive integer number of documents, got 2\.5$"):
         instances(task, limit=2.5)
     assert len(instances(task, limit=2)) == 2
+
+
+def test_run_directory_of_an_older_depthprobe_is_refused_by_name(tiny, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    sweep(tiny, run, grid=[[dp.skip_layer(0)]])
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["identity_digest"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestMismatchError, match=f"^{run} was made by an older depthprobe"):
+        sweep(tiny, run, grid=[[dp.skip_layer(0)]])

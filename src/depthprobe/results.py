@@ -271,6 +271,11 @@ class RunDir:
         (self.path / CONDITIONS).mkdir(exist_ok=True)
 
     def _check_agrees(self, old: Mapping[str, Any]) -> None:
+        if "identity_digest" not in old:
+            raise ManifestMismatchError(
+                f"{self.path} was made by an older depthprobe whose run directories lack a run identity; "
+                f"use another output directory, or delete this one to recompute it"
+            )
         old_identity, new_identity = _identity(old), _identity(self.manifest)
         for key in IDENTITY_KEYS:
             diff = _first_difference(old_identity[key], new_identity[key], key)
