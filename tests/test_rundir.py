@@ -286,3 +286,14 @@ def test_run_directory_of_an_older_depthprobe_is_refused_by_name(tiny, tmp_path:
     (run / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestMismatchError, match=f"^{run} was made by an older depthprobe"):
         sweep(tiny, run, grid=[[dp.skip_layer(0)]])
+
+
+def test_a_record_that_process_docs_cannot_read_is_named(tiny, tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "hellaswag" / "default"
+    folder.mkdir(parents=True)
+    doc = {"activity_label": "Cooking", "ctx_a": "She cracks an egg.", "ctx_b": "then she", "label": "0",
+           "endings": ["fries it.", "sings.", "sleeps.", "runs."]}
+    broken = {k: v for k, v in doc.items() if k != "ctx_b"}
+    (folder / "validation.jsonl").write_text("\n".join(json.dumps(d) for d in (doc, doc, broken)) + "\n")
+    with pytest.raises(DataFormatError, match=rf"^{folder / 'validation.jsonl'}:3: the record has no field 'ctx_b'"):
+        dp.evaluate(tiny, "hellaswag", data_dir=tmp_path / "data")

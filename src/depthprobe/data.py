@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DATA_DIR_ENV", "DataFormatError", "DatasetRef", "DatasetNotFoundError", "Record", "load_split",
+__all__ = ["DATA_DIR_ENV", "DataFormatError", "DatasetRef", "DatasetNotFoundError", "Record", "load_split", "record_source",
            "record_reads", "resolve_data_dir"]
 
 DATA_DIR_ENV = "DEPTHPROBE_DATA_DIR"

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from depthprobe.data import DataFormatError, DatasetRef, load_split, record_source
+from depthprobe.data import DataFormatError, DatasetRef, Record, load_split, record_source
 
 __all__ = ["AnswerFilter", "GenerationConfig", "Instance", "Task"]
 
@@ -129,9 +129,31 @@ class Task:
     def process_docs(self, docs: list) -> list:
         return docs
 
+    def _process(self, docs: list) -> list:
+        """``process_docs``, with a record lacking a field named by file and line, and records rebuilt
+        one for one keeping where they were read from."""
+        try:
+            out = self.process_docs(docs)
+        except KeyError:
+            for doc in docs:  # find the record: only on the error path
+                try:
+                    self.process_docs([doc])
+                except KeyError:
+                    self._read(lambda d: self.process_docs([d]), doc, "document")
+                except Exception:  # noqa: BLE001 (another complaint about one record alone is not the error)
+                    continue
+            raise
+        if len(out) == len(docs):
+            for i, (new, old) in enumerate(zip(out, docs)):
+                source = record_source(old)
+                if source and isinstance(new, dict) and record_source(new) is None:
+                    out[i] = Record(new)
+                    out[i].source = source
+        return out
+
     def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
         assert self.dataset is not None
-        return self.process_docs(load_split(self.dataset, self.test_split, data_dir))
+        return self._process(load_split(self.dataset, self.test_split, data_dir))
 
     def fewshot_pool(self, doc: dict[str, Any], data_dir: str | os.PathLike[str] | None) -> Sequence:
         """The documents few-shot examples for ``doc`` are drawn from, in sampling order."""
@@ -139,7 +161,7 @@ class Task:
             return []
         assert self.dataset is not None
         if not hasattr(self, "_pool_cache"):
-            self._pool_cache = self.process_docs(load_split(self.dataset, self.fewshot_split, data_dir))
+            self._pool_cache = self._process(load_split(self.dataset, self.fewshot_split, data_dir))
         return self._pool_cache
 
     def fewshot_examples(
