@@ -48,6 +48,16 @@ def _baseline(df: pd.DataFrame, metric: str) -> float | None:
     return float(base[metric].iloc[0]) if len(base) else None
 
 
+def _title(title: str | None, frames: Frames) -> str | None:
+    """``title``, noting left-truncated prompts when any result was computed on cut prompts."""
+    counts = [int(df["n_truncated"].max()) for df in _as_frames(frames).values()
+              if "n_truncated" in df.columns and df["n_truncated"].notna().any()]
+    if not counts or max(counts) == 0:
+        return title
+    note = f"({max(counts)} prompt(s) cut from the left to fit the model's context)"
+    return f"{title} {note}" if title else note
+
+
 def _label(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
@@ -82,7 +92,7 @@ def layer_curves(
     fig.update_xaxes(title_text="skipped layer")
     fig.update_yaxes(title_text="score", row=1, col=1)
     fig.update_yaxes(title_text="delta", row=1, col=2)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, frames), template="plotly_white")
     return fig
 
 
@@ -116,7 +126,7 @@ def head_attribution(
     if base is not None:
         fig.add_hline(y=base, line=dict(color="black", dash="dot"), row=1, col=1)
     fig.update_xaxes(title_text=f"head of layer {layer}", dtick=1)
-    fig.update_layout(title=title, template="plotly_white", barmode="group")
+    fig.update_layout(title=_title(title, df), template="plotly_white", barmode="group")
     return fig
 
 
@@ -135,7 +145,7 @@ def head_heatmap(
                                colorscale="RdBu", zmid=0 if delta else None, colorbar=dict(title=column)))
     fig.update_xaxes(title_text="head", dtick=1)
     fig.update_yaxes(title_text="layer", dtick=1)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, df), template="plotly_white")
     return fig
 
 
@@ -165,7 +175,7 @@ def o_proj_curves(frames: Mapping[str, pd.DataFrame], *, metric: str = "acc", ti
     fig.update_xaxes(title_text="layer (per-layer: patched alone; reverse: first of k..L-1; accumulative: last of 0..k)",
                      tickmode="linear", dtick=1)
     fig.update_yaxes(title_text=metric)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, frames), template="plotly_white")
     return fig
 
 
