@@ -346,7 +346,7 @@ class RunDir:
             **info,
             "run_digest": self.digest,
             "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
-            "samples": [] if samples is None else json.loads(samples.to_json(orient="records")),
+            "samples": [] if samples is None else json.loads(samples.to_json(orient="records", double_precision=15)),
         }
         path = self.condition_path(condition)
         with self.writing():
