@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import jaxtyping._typeguard  # noqa: F401  (the checker named in pytest's --jaxtyping-packages must be importable)
@@ -25,6 +26,11 @@ def pytest_report_header(config: pytest.Config) -> str:
     """Say which CPU kernel set and thread count the numbers were computed with (tests/tolerance.py)."""
     return (f"torch {torch.__version__}: CPU kernels {torch.backends.cpu.get_cpu_capability()} "
             f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'native')}), {THREADS} thread(s)")
+
+
+# The weight-digest cache (depthprobe.hashing) goes to a temporary folder, never the user's ~/.cache;
+# subprocesses started by tests inherit it.
+os.environ["DEPTHPROBE_CACHE_DIR"] = tempfile.mkdtemp(prefix="depthprobe-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -22,14 +22,6 @@ TASK, LIMIT = "organism_knowledge", 3
 EPS = 2e-2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run many small ops: one thread avoids waiting on a second, busy core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model64(tiny_llama_dir: Path) -> torch.nn.Module:

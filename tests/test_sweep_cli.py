@@ -3,19 +3,10 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 import depthprobe as dp
 from depthprobe.__main__ import main
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The organism runs many small ops: one thread avoids waiting on a second, busy core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_sweep_command_writes_figures_and_marks_significance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,8 +28,12 @@ def test_sweep_command_writes_figures_and_marks_significance(tmp_path: Path, cap
 def test_sweep_command_prescreen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
     assert main(["sweep", "--task", "organism_knowledge", "--grid", "heads:all", "--limit", "4", "--out", str(out),
-                 "--figures", str(tmp_path / "figs"), "--no-progress", "--prescreen", "3,2"]) == 0
-    df = dp.load_results(out / "organism-base" / "sweep" / "organism_knowledge" / "heads_all")
+                 "--no-progress", "--prescreen", "3,2"]) == 0
+    run = out / "organism-base" / "sweep" / "organism_knowledge" / "heads_all"
+    assert (run / "sweep_organism_knowledge_heads_all.html").is_file()  # without --figures: in the run directory
+    df = dp.load_results(run)
     assert sorted(df["screen"].dropna()) == ["random", "random", "top", "top", "top"] and len(df) == 6
-    with pytest.raises(SystemExit, match="expected TOP_K or TOP_K,RANDOM_K"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
         main(["sweep", "--task", "organism_knowledge", "--grid", "heads:all", "--out", str(out), "--prescreen", "x"])
+    assert "'x' is not TOP_K or TOP_K,RANDOM_K; give e.g. 10,10" in capsys.readouterr().err

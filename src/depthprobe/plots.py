@@ -62,6 +62,16 @@ def _error_y(rows: pd.DataFrame, metric: str) -> dict | None:
                 arrayminus=(rows[delta] - rows[low]).tolist(), visible=True)
 
 
+def _title(title: str | None, frames: Frames) -> str | None:
+    """``title``, noting left-truncated prompts when any result was computed on cut prompts."""
+    counts = [int(df["n_truncated"].max()) for df in _as_frames(frames).values()
+              if "n_truncated" in df.columns and df["n_truncated"].notna().any()]
+    if not counts or max(counts) == 0:
+        return title
+    note = f"({max(counts)} prompt(s) cut from the left to fit the model's context)"
+    return f"{title} {note}" if title else note
+
+
 def _label(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
@@ -97,7 +107,7 @@ def layer_curves(
     fig.update_xaxes(title_text="skipped layer")
     fig.update_yaxes(title_text="score", row=1, col=1)
     fig.update_yaxes(title_text="delta", row=1, col=2)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, frames), template="plotly_white")
     return fig
 
 
@@ -132,7 +142,7 @@ def head_attribution(
     if base is not None:
         fig.add_hline(y=base, line=dict(color="black", dash="dot"), row=1, col=1)
     fig.update_xaxes(title_text=f"head of layer {layer}", dtick=1)
-    fig.update_layout(title=title, template="plotly_white", barmode="group")
+    fig.update_layout(title=_title(title, df), template="plotly_white", barmode="group")
     return fig
 
 
@@ -158,7 +168,7 @@ def head_heatmap(
                                "layer %{y} head %{x}: %{z:.3f} %{text}<extra></extra>"))
     fig.update_xaxes(title_text="head", dtick=1)
     fig.update_yaxes(title_text="layer", dtick=1)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, df), template="plotly_white")
     return fig
 
 
@@ -188,7 +198,7 @@ def o_proj_curves(frames: Mapping[str, pd.DataFrame], *, metric: str = "acc", ti
     fig.update_xaxes(title_text="layer (per-layer: patched alone; reverse: first of k..L-1; accumulative: last of 0..k)",
                      tickmode="linear", dtick=1)
     fig.update_yaxes(title_text=metric)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, frames), template="plotly_white")
     return fig
 
 
@@ -202,12 +212,12 @@ def condition_bars(df: pd.DataFrame, *, metric: str = "acc", title: str | None =
                            marker_color=_PALETTE[0], error_y=_error_y(rows, metric)))
     fig.update_xaxes(title_text="condition")
     fig.update_yaxes(title_text=f"delta {metric}")
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, df), template="plotly_white")
     return fig
 
 
-def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str]) -> list[Path]:
-    """Write ``<stem>.html`` (self-contained) and ``<stem>.png`` when kaleido finds a browser.
+def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str], *, png: bool = True) -> list[Path]:
+    """Write ``<stem>.html`` (self-contained) and, with ``png``, ``<stem>.png`` when kaleido finds a browser.
 
     Without a usable Chrome/Chromium the PNG is skipped with one warning line on stderr.
     Returns the files written.
@@ -217,6 +227,8 @@ def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str]) -> list[Path]
     html = stem.with_suffix(".html")
     fig.write_html(html, include_plotlyjs=True, full_html=True)
     written = [html]
+    if not png:
+        return written
     png = stem.with_suffix(".png")
     try:
         fig.write_image(png, scale=2)

@@ -20,7 +20,9 @@ import contextlib
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import pandas as pd
@@ -130,7 +132,7 @@ def parse_grid(model_or_dims: ModelDims | torch.nn.Module, spec: str) -> list[li
         return [c for layer in range(_dims(model_or_dims).n_layers) for c in head_grid(model_or_dims, layer)]
     m = _GRID_RE.match(spec.strip())
     if m is None:
-        raise ValueError(f"unknown grid {spec!r}; valid: layers, heads:L, heads:all, groups:L, head_weights:L, blocks:N")
+        raise ValueError(f"unknown grid {spec!r}; valid: layers, heads:L, groups:L, head_weights:L, blocks:N, heads:all")
     kind, arg = m.group(1), m.group(2)
     if kind == "layers":
         if arg is not None:
@@ -411,23 +413,44 @@ def sweep_conditions(
     adds fields to a condition's result row (the pre-screen's estimates).
     """
     conditions = _with_baseline(conditions)
-    todo = [c for c in conditions if not run_dir.done(condition_id(c))]
-    bar = tqdm(total=len(conditions), initial=len(conditions) - len(todo), desc=desc, unit="cond",
-               disable=not progress, dynamic_ncols=True)
-    ran = []
-    try:
-        for cond in todo:
-            cid = condition_id(cond)
-            bar.set_postfix_str(cid[:40])
-            start = time.perf_counter()
-            metrics, samples = evaluate_condition(list(cond))
-            run_dir.write(cid, metrics, samples, **_condition_info(cond), wall_s=time.perf_counter() - start,
-                          n_samples=None if samples is None else len(samples), **(extras or {}).get(cid, {}))
-            ran.append(cid)
-            bar.update(1)
-    finally:
-        bar.close()
+    with run_dir.writing():  # one writer at a time; a second process with the same settings waits here
+        todo = [c for c in conditions if not run_dir.done(condition_id(c))]
+        bar = tqdm(total=len(conditions), initial=len(conditions) - len(todo), desc=desc, unit="cond",
+                   disable=not progress, dynamic_ncols=True)
+        ran = []
+        try:
+            for cond in todo:
+                cid = condition_id(cond)
+                bar.set_postfix_str(cid[:40])
+                start = time.perf_counter()
+                metrics, samples = evaluate_condition(list(cond))
+                run_dir.write(cid, metrics, samples, **_condition_info(cond), wall_s=time.perf_counter() - start,
+                              n_samples=None if samples is None else len(samples),
+                              n_truncated=_n_truncated(samples), **(extras or {}).get(cid, {}))
+                ran.append(cid)
+                bar.update(1)
+        finally:
+            bar.close()
     return ran
+
+
+def _n_truncated(samples: "pd.DataFrame | None") -> int | None:
+    """How many of a condition's prompts were cut from the left (None when the samples do not say)."""
+    if samples is None or "truncated" not in samples.columns:
+        return None
+    return int(samples["truncated"].astype(bool).sum())
+
+
+def _documents_digest(instances: Sequence[Any]) -> str:
+    """SHA-256 of exactly what is evaluated: every prompt, choice list and target, in order."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for inst in instances:
+        digest.update(json.dumps([inst.prompt, inst.choices, inst.target, inst.target_delimiter],
+                                 default=str).encode())
+    return digest.hexdigest()
 
 
 def _chunked_choice_scorer(
@@ -499,11 +522,15 @@ def run_sweep(
     random sample of the rest; their rows also hold ``estimate``, ``estimate_abs``, ``screen``
     and the exact delta of the screen's metric, and ``df.attrs["prescreen"]`` reports top-k recall.
     """
+    from depthprobe.data import record_reads
+    from depthprobe.evaluation.api import TruncationWarning, require_loaded_model, warn_truncated
     from depthprobe.results import RunDir, build_manifest, load_results
 
     evaluate = _import_evaluate()
     from depthprobe.tasks import get_task
 
+    # Validate everything first: nothing is written to out_dir for a command that is refused.
+    require_loaded_model(model, "run_sweep")
     data_dir = evaluate_options.pop("data_dir", None)
     max_gen_toks = evaluate_options.pop("max_gen_toks", None)
     chat_options = {k: evaluate_options.pop(k) for k in ("chat", "enable_thinking") if k in evaluate_options}
@@ -514,20 +541,24 @@ def run_sweep(
     dims = model_dims(model)
     for cond in conditions:
         validate(dims, cond)
+    if max_gen_toks is not None and (isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int)
+                                     or max_gen_toks < 1):
+        raise ValueError(f"max_gen_toks must be a positive integer, got {max_gen_toks!r}")
+    with record_reads() as files_read:
+        instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
     shots = t.default_num_fewshot if num_fewshot is None else num_fewshot
     protocol = "loglikelihood" if t.output_type == "multiple_choice" else "generate_until"
     manifest = build_manifest(
         model, task=t.name, protocol=protocol, num_fewshot=shots, seed=task_options.get("seed"), limit=limit,
         task_options={**task_options, **chat_options},
         max_gen_toks=max_gen_toks if protocol == "generate_until" else None,
+        data={"files": dict(sorted(files_read.items())), "documents": _documents_digest(instances)},
+        data_dir=None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
     )
     run_dir = RunDir(out_dir, manifest)
     extras = None
     if prescreen is not None:
         from depthprobe.attribution import prescreen_report, screen_conditions
-
-        conditions, extras = screen_conditions(model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
-                                               num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
 
         def finish(df: pd.DataFrame) -> pd.DataFrame:
             report = prescreen_report(df, prescreen, t.metric_names if protocol == "loglikelihood" else
@@ -541,24 +572,33 @@ def run_sweep(
         def finish(df: pd.DataFrame) -> pd.DataFrame:
             return df
 
-    if engine and t.output_type == "multiple_choice" and t.scorer == "depthprobe":
-        todo = [c for c in conditions if not run_dir.done(condition_id(c))]
-        config = {"task": t.name, "limit": limit, "num_fewshot": shots, "batch_size": batch_size, "engine": True,
-                  **task_options}
-        instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
-        scorer = _chunked_choice_scorer(model, t, instances, todo, config, batch_size=batch_size, chunk=chunk)
-        sweep_conditions(run_dir, conditions, scorer, progress=progress, desc=f"{t.name} sweep", extras=extras)
-        return finish(load_results(out_dir))
+    with run_dir.writing():
+        if prescreen is not None:  # under the lock: prescreen.json belongs to this run directory's one writer
+            conditions, extras = screen_conditions(model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
+                                                   num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
+        if engine and t.output_type == "multiple_choice" and t.scorer == "depthprobe":
+            todo = [c for c in conditions if not run_dir.done(condition_id(c))]
+            config = {"task": t.name, "limit": limit, "num_fewshot": shots, "batch_size": batch_size,
+                      "engine": True, **task_options}
+            scorer = _chunked_choice_scorer(model, t, instances, todo, config, batch_size=batch_size, chunk=chunk)
+            ran = sweep_conditions(run_dir, conditions, scorer, progress=progress, desc=f"{t.name} sweep",
+                                   extras=extras)
+        else:
+            def evaluate_condition(condition: list[Intervention]) -> tuple[Mapping[str, float], pd.DataFrame]:
+                kwargs: dict[str, Any] = {"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
+                                          "data_dir": data_dir}
+                if max_gen_toks is not None:
+                    kwargs["max_gen_toks"] = max_gen_toks
+                kwargs.update(chat_options)
+                with ablate(model, *condition), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", category=TruncationWarning)  # said once below, not per condition
+                    result = evaluate(model, t, **kwargs)
+                return result.metrics, result.samples
 
-    def evaluate_condition(condition: list[Intervention]) -> tuple[Mapping[str, float], pd.DataFrame]:
-        kwargs: dict[str, Any] = {"limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
-                                  "data_dir": data_dir}
-        if max_gen_toks is not None:
-            kwargs["max_gen_toks"] = max_gen_toks
-        kwargs.update(chat_options)
-        with ablate(model, *condition):
-            result = evaluate(model, t, **kwargs)
-        return result.metrics, result.samples
-
-    sweep_conditions(run_dir, conditions, evaluate_condition, progress=progress, desc=f"{t.name} sweep", extras=extras)
-    return finish(load_results(out_dir))
+            ran = sweep_conditions(run_dir, conditions, evaluate_condition, progress=progress,
+                                   desc=f"{t.name} sweep", extras=extras)
+    df = load_results(out_dir)
+    df.attrs["computed"] = ran  # the conditions this call evaluated (the rest were on disk)
+    if "n_truncated" in df.columns and df["n_truncated"].notna().any():
+        warn_truncated(t.name, int(df["n_truncated"].max()), len(instances), model, stacklevel=2)
+    return finish(df)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from depthprobe.tasks.base import Task
+from depthprobe.tasks.base import Instance, Task, check_counts
 
 __all__ = ["LM_EVAL_PREFIX", "LmEvalTask"]
 
@@ -65,12 +65,34 @@ class LmEvalTask(Task):
         self.default_num_fewshot = int(lm_task.config.num_fewshot or 0)
         self.metric_names = tuple(m["metric"] for m in lm_task.config.metric_list or [])
 
+    def _lm_task(self) -> Any:
+        from lm_eval.tasks import get_task_dict
+
+        return next(iter(get_task_dict([self.lm_eval_name], _task_manager(self.include_path)).values()))
+
+    def instances(self, *, limit: int | None = None, num_fewshot: int | None = None,
+                  data_dir: str | os.PathLike[str] | None = None) -> list[Instance]:
+        """The documents lm-eval will evaluate, as text, choices and target (what the run identity hashes).
+
+        lm-eval builds the prompts itself (its few-shot sampler); these are its ``doc_to_text``.
+        """
+        check_counts(limit, self.default_num_fewshot if num_fewshot is None else num_fewshot)
+        if data_dir is not None:
+            raise ValueError(f"{self.name}: data comes from the lm-eval task's YAML; pass include_path=, not data_dir=")
+        lm_task = self._lm_task()
+        docs = list(lm_task.eval_docs)
+        docs = docs[:limit] if limit is not None else docs
+        out = []
+        for i, doc in enumerate(docs):
+            choices = tuple(map(str, lm_task.doc_to_choice(doc))) if self.output_type == "multiple_choice" else None
+            out.append(Instance(i, str(lm_task.doc_to_text(doc)), str(lm_task.doc_to_target(doc)), choices,
+                                str(lm_task.config.target_delimiter), dict(doc)))
+        return out
+
     @property
     def primary_metric(self) -> str:
         """The metric a figure plots: the task's first, under its first filter."""
-        from lm_eval.tasks import get_task_dict
-
-        lm_task = next(iter(get_task_dict([self.lm_eval_name], _task_manager(self.include_path)).values()))
+        lm_task = self._lm_task()
         filters = [f.name for f in getattr(lm_task, "_filters", [])] or ["none"]
         metric = self.metric_names[0] if self.metric_names else "acc"
         return metric if filters[0] == "none" else f"{metric},{filters[0]}"
