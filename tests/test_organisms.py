@@ -1,7 +1,8 @@
 """The shipped model organisms: format, architecture, quality and structure, measured through TransformerLens.
 
-Multiple-choice scoring here is deliberately independent of ``depthprobe.evaluate`` and of the
-training script's own evaluation: summed continuation log-probabilities from the bridge's logits.
+Multiple-choice scoring here is deliberately independent of ``depthprobe.evaluate``'s scoring path:
+summed continuation log-probabilities from one plain bridge forward per row; only the rules
+(lm-eval's tokenization, the argmax) are depthprobe's single copies.
 Greedy decoding uses ``depthprobe.generation.generate_until`` (KV-cached, batched), checked here
 against decoding by full recomputation on a few prompts.
 """
@@ -19,6 +20,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
 import depthprobe
+from depthprobe.evaluation.metrics import choice_predictions
+from depthprobe.evaluation.tokenize import encode_pair
 from depthprobe.generation import generate_until
 from depthprobe.interventions import skip_layer, zero_head, zero_kv_group
 from depthprobe.organisms import ORGANISMS, checkpoint_path, data
@@ -42,14 +45,17 @@ def _pad(rows: list[list[int]], pad: int) -> torch.Tensor:
 
 @torch.no_grad()
 def mc_accuracy(bridge: TransformerBridge, tok, docs: list[dict], interventions=()) -> float:
-    """lm-eval ``acc``: argmax over choices of the summed log-prob of tail(tok(ctx + delim + choice))."""
+    """lm-eval ``acc``: argmax over choices of the summed log-prob of the continuation tokens.
+
+    Tokenization (lm-eval's ``_encode_pair``) and the argmax rule are depthprobe's single copies;
+    the scoring itself is one plain forward per row, independent of the evaluator's cached path.
+    """
     rows, spans = [], []
     for d in docs:
-        n_ctx = len(tok(d["context"])["input_ids"])
         for c in d["choices"]:
-            ids = tok(d["context"] + d["target_delimiter"] + c)["input_ids"]
-            rows.append(ids)
-            spans.append((n_ctx, len(ids)))
+            ctx, cont = encode_pair(tok, d["context"], d["target_delimiter"] + c)
+            rows.append(ctx + cont)
+            spans.append((len(ctx), len(ctx) + len(cont)))
     scores = []
     with depthprobe.ablate(bridge, *interventions):
         for i in range(0, len(rows), 256):
@@ -59,9 +65,10 @@ def mc_accuracy(bridge: TransformerBridge, tok, docs: list[dict], interventions=
                 scores.append(logp[j, a - 1 : b - 1].gather(-1, ids[j, a:b, None]).sum().item())
     correct, k = 0, 0
     for d in docs:
-        s = scores[k : k + len(d["choices"])]
-        k += len(d["choices"])
-        correct += int(s.index(max(s)) == d["gold"])
+        n = len(d["choices"])
+        s = scores[k : k + n]
+        k += n
+        correct += int(choice_predictions(s, d["choices"], [1] * n)["acc"] == d["gold"])
     return correct / len(docs)
 
 

@@ -6,6 +6,7 @@ from depthprobe.evaluation import EvalResult, evaluate
 from depthprobe.interventions import (
     Intervention,
     ablate,
+    mean_head,
     patch_o_proj,
     skip_attn,
     skip_layer,
@@ -58,6 +59,7 @@ __all__ = [
     "run_sweep",
     "list_models",
     "load_model",
+    "mean_head",
     "model_dims",
     "patch_o_proj",
     "skip_attn",

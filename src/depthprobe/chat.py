@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from transformer_lens.model_bridge import TransformerBridge
 
-from depthprobe.generation import Generation, generate_until
+from depthprobe.evaluation.generation import Generation, generate_until
+from depthprobe.evaluation.stops import THINK_END, strip_thinking
 
 __all__ = ["THINK_END", "apply_chat_template", "strip_thinking", "generate_chat"]
-
-#: Closes the reasoning block of Qwen3 and DeepSeek-R1 style models.
-THINK_END = "</think>"
 
 
 def apply_chat_template(
@@ -40,17 +38,6 @@ def apply_chat_template(
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=True, **kwargs
     )
-
-
-def strip_thinking(text: str, *, think_end: str = THINK_END) -> str:
-    """The answer after the last ``think_end`` (left-stripped), or ``text`` unchanged when absent.
-
-    Same rule as lm-eval's ``postprocess_generated_text`` with a string ``think_end_token``;
-    a generation whose budget ran out inside the reasoning keeps its reasoning text.
-    """
-    if not think_end:
-        raise ValueError("think_end must be a non-empty string")
-    return text.split(think_end)[-1].lstrip()
 
 
 def generate_chat(

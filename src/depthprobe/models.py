@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+from depthprobe.adapter import install_kv_cache_shim  # re-exported: models.install_kv_cache_shim
 
 __all__ = [
     "MODEL_ALIASES",
@@ -24,6 +24,7 @@ __all__ = [
     "list_models",
     "load_model",
     "model_dims",
+    "install_kv_cache_shim",
     "resolve_model",
 ]
 
@@ -172,28 +173,5 @@ def load_model(
     return model
 
 
-_SHIM_ATTR = "_depthprobe_cache_kwarg_shim"
-
 # The bridge passes the cache under its old name; transformers >= 5.24 warns on every forward.
 warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
-
-
-def install_kv_cache_shim() -> None:
-    """Make the bridge's KV cache work on transformers >= 5.24.
-
-    transformers 5.24 renamed the attention keyword ``past_key_values`` to ``cache``; the
-    bridge's ``AttentionBridge._update_kv_cache`` reads only the old name, so cached
-    generation silently attends to the current token alone. This forwards the new name.
-    Idempotent; a no-op for versions that still pass ``past_key_values``.
-    """
-    original = AttentionBridge._update_kv_cache
-    if getattr(original, _SHIM_ATTR, False):
-        return
-
-    def _update_kv_cache(self: AttentionBridge, k: torch.Tensor, v: torch.Tensor, **kwargs: Any):
-        if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
-            kwargs["past_key_values"] = kwargs["cache"]
-        return original(self, k, v, **kwargs)
-
-    setattr(_update_kv_cache, _SHIM_ATTR, True)
-    AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]

@@ -172,12 +172,23 @@ def head_heatmap(
     return fig
 
 
+def _schedule_x(rows: pd.DataFrame) -> str:
+    """The column that places a schedule's conditions: the layer that varies between them.
+
+    Per-layer (x alone) and reverse (x..L-1) conditions differ in their first patched layer;
+    accumulative ones (0..x) all start at layer 0 and differ in their last.
+    """
+    if rows["layer"].nunique() <= 1 and rows["layer_max"].nunique() > 1:
+        return "layer_max"
+    return "layer"
+
+
 def o_proj_curves(frames: Mapping[str, pd.DataFrame], *, metric: str = "acc", title: str | None = None) -> go.Figure:
     """``metric`` of o_proj replacement schedules against the baseline.
 
-    ``frames`` maps a schedule name to its results. The x value of a condition is the last
-    patched layer for an ``accumulative`` schedule (layers 0..x patched) and the first
-    patched layer otherwise (``per_layer``: x alone; ``reverse``: layers x..L-1).
+    ``frames`` maps a schedule name to its results. The x value of a condition is the layer
+    that varies across the schedule's conditions: the last patched layer for an accumulative
+    schedule (layers 0..x patched), the first otherwise (per-layer: x alone; reverse: layers x..L-1).
     """
     fig = go.Figure()
     base = None
@@ -185,7 +196,7 @@ def o_proj_curves(frames: Mapping[str, pd.DataFrame], *, metric: str = "acc", ti
     for i, (name, df) in enumerate(frames.items()):
         _require(df, [metric, "kind", "layer", "layer_max"], f"results {name!r}")
         rows = df[df["kind"] == "o_proj"]
-        x_col = "layer_max" if "accum" in name else "layer"
+        x_col = _schedule_x(rows)
         rows = rows.sort_values(x_col)
         x = rows[x_col].astype(int).tolist()
         xs += x

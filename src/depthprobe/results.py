@@ -110,15 +110,11 @@ def weights_fingerprint(path: str | os.PathLike[str]) -> str | None:
 
 
 def _model_identity(model: Any) -> tuple[str, str | None, str, str, str | None]:
-    hf = getattr(model, "original_model", model)
-    config = getattr(hf, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(getattr(model, "cfg", None), "model_name", None)
-    revision = getattr(config, "_commit_hash", None)
-    if name and Path(str(name)).is_dir():
-        revision = weights_fingerprint(str(name)) or revision
-    param = next(model.parameters())
-    attn = getattr(config, "_attn_implementation", None)
-    return str(name), revision, str(param.dtype).replace("torch.", ""), param.device.type, attn
+    """(name, revision, dtype, device kind, attn_implementation) of a loaded model, read by the model adapter."""
+    from depthprobe.adapter import model_identity
+
+    ident = model_identity(model)
+    return ident["name"], ident["revision"], ident["dtype"], ident["device"], ident["attn_implementation"]
 
 
 def build_manifest(

@@ -10,7 +10,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 __all__ = [
-    "HeadActs", "KVHeadActs", "Logits", "LogProbs", "Mask", "OProjWeight", "Resid", "TokenMask", "Tokens",
+    "HeadActs", "HeadValues", "KVHeadActs", "Logits", "LogProbs", "Mask", "OProjWeight", "Resid", "TokenMask", "Tokens",
 ]
 
 #: Token ids of a batch of sequences.
@@ -23,6 +23,8 @@ Mask = Bool[Tensor, "batch pos"]
 Resid = Float[Tensor, "batch pos d_model"]
 #: Per-query-head activations (``hook_q``, ``hook_z``).
 HeadActs = Float[Tensor, "batch pos head d_head"]
+#: One fixed vector per listed query head (e.g. a head's mean output for mean ablation).
+HeadValues = Float[Tensor, "heads d_head"]
 #: Per-key/value-head activations (``hook_k``, ``hook_v``); fewer heads than queries under GQA.
 KVHeadActs = Float[Tensor, "batch pos kv_head d_head"]
 #: Logits over the vocabulary.

@@ -72,7 +72,7 @@ def evaluate(
     """Evaluate ``model`` (a ``TransformerBridge``) on ``task`` and return an ``EvalResult``.
 
     Multiple-choice tasks are scored by log-likelihood (see ``evaluation.loglikelihood``);
-    generation tasks by greedy decoding with ``depthprobe.generation``. Hooks active on the
+    generation tasks by greedy decoding with ``depthprobe.evaluation.generation``. Hooks active on the
     model (``depthprobe.ablate``) apply throughout. ``task_options`` go to the task
     (``subjects=`` for MMLU, ``n_pairs=`` for kv_retrieval, ...).
 
@@ -176,7 +176,7 @@ def _shared_prefix(prompts: list[str], delimiter: str) -> str:
 def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_toks: int | None, config,
                          *, chat: bool = False, enable_thinking: bool | None = None) -> EvalResult:
     try:
-        from depthprobe.generation import generate_until
+        from depthprobe.evaluation.generation import generate_until
     except ImportError as err:
         raise NotImplementedError(
             f"task {task.name!r} needs greedy generation (depthprobe.generation.generate_until), "

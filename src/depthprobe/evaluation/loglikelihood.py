@@ -28,10 +28,13 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from depthprobe import adapter
+from depthprobe.evaluation.tokenize import encode_pair, prefix_token_id, tok_encode
+
 __all__ = ["DocScores", "ScoreStats", "encode_pair", "model_max_length", "score_choices", "score_encoded"]
 
-TOKENIZER_INFINITY = 1000000000000000019884624838656
-DEFAULT_MAX_LENGTH = 2048
+DEFAULT_MAX_LENGTH = adapter.DEFAULT_MAX_LENGTH
+TOKENIZER_INFINITY = adapter.TOKENIZER_INFINITY
 
 
 @dataclass(frozen=True)
@@ -57,42 +60,7 @@ class ScoreStats:
 
 def model_max_length(model: Any, tokenizer: Any = None) -> int:
     """The context length lm-eval's HFLM would use for this model (config, then tokenizer, then 2048)."""
-    hf = getattr(model, "original_model", model)
-    config = getattr(hf, "config", None)
-    cfg = getattr(config, "text_config", None) or config
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, attr, None)
-        if value is not None:
-            return int(value)
-    mml = getattr(tokenizer, "model_max_length", None)
-    if mml is not None and mml != TOKENIZER_INFINITY:
-        return int(mml)
-    return DEFAULT_MAX_LENGTH
-
-
-def _prefix_token_id(tokenizer: Any) -> int:
-    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-
-
-def _tok_encode(tokenizer: Any, text: str) -> list[int]:
-    """lm-eval HFLM.tok_encode with default settings: special tokens unless text starts with BOS."""
-    bos = tokenizer.decode(_prefix_token_id(tokenizer))
-    if bos and text.startswith(bos):
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode(text))
-
-
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of (context, continuation) exactly as lm-eval 0.4.13 builds a loglikelihood request."""
-    if not context:
-        return [_prefix_token_id(tokenizer)], _tok_encode(tokenizer, continuation)
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces > 0:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = _tok_encode(tokenizer, context + continuation)
-    ctx = _tok_encode(tokenizer, context)
-    return ctx, whole[len(ctx):]
+    return adapter.max_context_length(model, tokenizer)
 
 
 def _device(model: Any) -> torch.device:
@@ -296,3 +264,7 @@ def _score_full(model, encoded, pairs, max_len, batch_size, device, lls, greedy,
                 picked, g = _token_scores(logprobs[r - start, n - len(cont) : n], cont)
                 lls[i][j] = picked.sum().item()
                 greedy[i][j] = all(g)
+
+
+_prefix_token_id = prefix_token_id
+_tok_encode = tok_encode

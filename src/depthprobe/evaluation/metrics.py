@@ -8,8 +8,6 @@ Ties go to the first choice (``numpy.argmax``). Standard errors are lm-eval's
 
 
 import math
-import re
-import string
 from typing import Sequence
 
 import numpy as np
@@ -48,13 +46,8 @@ def exact_match(
     ignore_punctuation: bool = False,
     regexes_to_ignore: Sequence[str] = (),
 ) -> bool:
-    """lm-eval's ``exact_match``: strip the ignored regexes, then case and punctuation, then compare."""
-    for pattern in regexes_to_ignore:
-        prediction = re.sub(pattern, "", prediction)
-        reference = re.sub(pattern, "", reference)
-    if ignore_case:
-        prediction, reference = prediction.lower(), reference.lower()
-    if ignore_punctuation:
-        table = str.maketrans("", "", string.punctuation)
-        prediction, reference = prediction.translate(table), reference.translate(table)
-    return prediction == reference
+    """lm-eval's ``exact_match`` for one pair, as a bool (the rule lives in :func:`depthprobe.filters.exact_match`)."""
+    from depthprobe.filters import exact_match as exact_match_score
+
+    return exact_match_score(prediction, reference, ignore_case=ignore_case, ignore_punctuation=ignore_punctuation,
+                             regexes_to_ignore=list(regexes_to_ignore)) == 1.0

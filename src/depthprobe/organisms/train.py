@@ -256,14 +256,16 @@ def _right_pad(rows: Sequence[list[int]], pad: int) -> Int[Tensor, "batch pos"]:
 @torch.no_grad()
 def multiple_choice_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
                              docs: list[dict[str, Any]], batch_size: int = 64) -> float:
-    """Argmax of summed continuation log-prob (continuation = tail of tokenize(context + choice))."""
+    """lm-eval ``acc``: argmax of the summed continuation log-prob (tokenized by lm-eval's ``_encode_pair``)."""
+    from depthprobe.evaluation.metrics import choice_predictions
+    from depthprobe.evaluation.tokenize import encode_pair
+
     rows, spans = [], []
     for d in docs:
-        n_ctx = len(tokenizer(d["context"])["input_ids"])
         for c in d["choices"]:
-            ids = tokenizer(d["context"] + d["target_delimiter"] + c)["input_ids"]
-            rows.append(ids)
-            spans.append((n_ctx, len(ids)))
+            ctx, cont = encode_pair(tokenizer, d["context"], d["target_delimiter"] + c)
+            rows.append(ctx + cont)
+            spans.append((len(ctx), len(ctx) + len(cont)))
     scores = []
     for i in range(0, len(rows), batch_size):
         ids = _right_pad(rows[i : i + batch_size], tokenizer.pad_token_id)
@@ -273,9 +275,10 @@ def multiple_choice_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedToken
             scores.append(logp[j, a - 1 : b - 1].gather(-1, tgt[:, None]).sum().item())
     correct, k = 0, 0
     for d in docs:
-        s = scores[k : k + len(d["choices"])]
-        k += len(d["choices"])
-        correct += int(max(range(len(s)), key=s.__getitem__) == d["gold"])
+        n = len(d["choices"])
+        s = scores[k : k + n]
+        k += n
+        correct += int(choice_predictions(s, d["choices"], [1] * n)["acc"] == d["gold"])
     return correct / len(docs)
 
 

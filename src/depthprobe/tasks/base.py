@@ -7,7 +7,6 @@ example as ``text + target_delimiter + answer + fewshot_delimiter``, then the do
 
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -51,20 +50,13 @@ class AnswerFilter:
 
     def apply(self, text: str) -> str:
         """The extracted answer for one generation, as lm-eval's filters compute it."""
+        from depthprobe.filters import regex_extract
+
         out = text
         for step in self.steps:
             kind = step[0]
             if kind == "regex":
-                pattern, group_select = step[1], step[2] if len(step) > 2 else 0
-                found = re.findall(pattern, out)
-                if not found:
-                    out = self.fallback
-                    continue
-                match = found[group_select]
-                if isinstance(match, tuple):
-                    nonempty = [m for m in match if m]
-                    match = nonempty[0] if nonempty else self.fallback
-                out = match.strip()
+                out = regex_extract(out, step[1], group_select=step[2] if len(step) > 2 else 0, fallback=self.fallback)
             elif kind == "remove_whitespace":
                 out = out.lstrip()
             elif kind == "take_first":

@@ -1,0 +1,112 @@
+"""The decoder: batched greedy decoding with a KV cache, one bridge forward per token.
+
+This is the seam for a faster backend: :class:`Decoder` is what request preparation
+(:mod:`depthprobe.evaluation.generation`) calls, and :class:`HookedDecoder` is the implementation
+that runs every step through the hooked model, so hooks active around a call (``with
+model.hooks(...)``, ``depthprobe.ablate``) fire at prefill and at every decode step. It
+reproduces Hugging Face ``generate(do_sample=False)`` token for token (left padding,
+mask-derived position ids, ``DynamicCache``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from depthprobe import adapter
+from depthprobe.evaluation.stops import StopPolicy
+
+__all__ = ["Decoded", "Decoder", "HookedDecoder", "prefix_cache"]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Generated ids per row, up to and including the token that ended it, and whether it ended by itself."""
+
+    tokens: list[list[int]]
+    hit_stop: list[bool]
+
+
+class Decoder(Protocol):
+    """Greedy continuation of a left-padded batch under a stop policy."""
+
+    def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
+                 policy: StopPolicy, past_key_values: Any = None) -> Decoded: ...
+
+
+def _forward_last_logits(model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+    """Logits of the last position only (HF generate's ``logits_to_keep=1``)."""
+    logits = model(ids, return_type="logits", attention_mask=mask, position_ids=positions, logits_to_keep=1,
+                   **adapter.cache_kwargs(model, cache))
+    return logits[:, -1, :]
+
+
+@torch.inference_mode()
+def prefix_cache(model: Any, prefix_ids: list[int], device: Any) -> DynamicCache:
+    """The KV cache of one shared prefix, computed under the hooks active now."""
+    cache = DynamicCache()
+    ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
+    mask = torch.ones_like(ids)
+    positions = torch.arange(len(prefix_ids), device=device)[None]
+    model(ids, return_type="logits", attention_mask=mask, position_ids=positions, logits_to_keep=1,
+          **adapter.cache_kwargs(model, cache))
+    return cache
+
+
+class HookedDecoder:
+    """KV-cached greedy decoding through the hooked model (every token a bridge forward)."""
+
+    def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
+                 policy: StopPolicy, past_key_values: Any = None) -> Decoded:
+        batch, n_new = input_ids.shape
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if attention_mask.shape[0] != batch:
+            raise ValueError(f"attention_mask batch {attention_mask.shape[0]} != input_ids batch {batch}")
+        if past_key_values is not None:
+            cache = copy.deepcopy(past_key_values)
+            past_len = cache.get_seq_length()
+            cache_batch = cache.layers[0].keys.shape[0] if past_len else batch
+            if cache_batch == 1 and batch > 1:
+                cache.batch_repeat_interleave(batch)
+            elif cache_batch != batch:
+                raise ValueError(f"past_key_values batch {cache_batch} must be 1 or {batch}")
+        else:
+            cache, past_len = DynamicCache(), 0
+        if attention_mask.shape[1] == n_new and past_len:
+            attention_mask = torch.cat([attention_mask.new_ones(batch, past_len), attention_mask], dim=1)
+        if attention_mask.shape[1] != past_len + n_new:
+            raise ValueError(
+                f"attention_mask has {attention_mask.shape[1]} positions; expected {n_new} "
+                f"(new tokens) or {past_len + n_new} (cache + new tokens)"
+            )
+        tokenizer = model.tokenizer
+        pad = adapter.pad_token_id(tokenizer) if tokenizer is not None else 0
+        device = input_ids.device
+        mask = attention_mask.to(device=device, dtype=torch.long)
+        # Hugging Face generate: positions are the running count of attended tokens.
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        step_pos = positions[:, -n_new:]
+        step_ids = input_ids
+        out: list[list[int]] = [[] for _ in range(batch)]
+        done = [False] * batch
+        for _ in range(max_new_tokens):
+            logits = _forward_last_logits(model, step_ids, mask, step_pos, cache)
+            next_ids = logits.float().argmax(dim=-1).tolist()
+            for row, tok in enumerate(next_ids):
+                if done[row]:
+                    next_ids[row] = pad
+                    continue
+                out[row].append(tok)
+                done[row] = policy.is_done(out[row])
+            if all(done):
+                break
+            step_ids = torch.tensor(next_ids, dtype=input_ids.dtype, device=device)[:, None]
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+            step_pos = step_pos[:, -1:] + 1
+        return Decoded(out, list(done))

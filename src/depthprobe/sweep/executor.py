@@ -1,0 +1,143 @@
+"""How a sweep's planned units of work are executed: the seam a distributed executor implements.
+
+The runner (:func:`~depthprobe.sweep.runner.run_sweep`) decides *what* to run: it checks the
+conditions once, skips those already stored, and plans :class:`WorkUnit` values (conditions
+scored together through the engine, or one condition evaluated under ``ablate``). An
+:class:`Executor` decides *how*: :class:`InProcessExecutor` runs the units one after another on
+the given model, exactly as depthprobe always has. Units and the :class:`SweepSpec` they share
+are plain values (interventions are picklable data), so another executor can send them to
+workers that hold their own copy of the model; each finished condition is reported through
+``on_result`` and stored by the runner at once, so a killed sweep loses at most what was in flight.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
+import torch
+
+from depthprobe.interventions import Intervention, ablate
+from depthprobe.sweep.grids import condition_id
+
+__all__ = ["ConditionResult", "Executor", "InProcessExecutor", "SweepSpec", "UnitRunner", "WorkUnit"]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What every unit of one sweep shares: the task and how it is evaluated (plain data)."""
+
+    task: Any  # a task name, or a Task instance (in-process only)
+    task_options: tuple[tuple[str, Any], ...] = ()
+    limit: int | None = None
+    num_fewshot: int | None = None
+    batch_size: int = 16
+    data_dir: str | None = None
+    max_gen_toks: int | None = None
+    chat_options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Conditions evaluated together: through the engine in one pass (``engine=True``, multiple-choice
+    tasks), or each by ``evaluate`` under ``ablate``."""
+
+    conditions: tuple[tuple[Intervention, ...], ...]
+    engine: bool
+
+    @property
+    def ids(self) -> list[str]:
+        return [condition_id(c) for c in self.conditions]
+
+
+@dataclass
+class ConditionResult:
+    """One finished condition: its metrics, per-sample rows and the wall time it took."""
+
+    condition: list[Intervention]
+    metrics: Mapping[str, float]
+    samples: pd.DataFrame | None
+    wall_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs planned units on a model and reports every finished condition through ``on_result``."""
+
+    def run(self, model: torch.nn.Module, spec: SweepSpec, units: Sequence[WorkUnit],
+            on_result: Callable[[ConditionResult], None]) -> None: ...
+
+
+class UnitRunner:
+    """Evaluates work units of one sweep on one model (task and documents built once)."""
+
+    def __init__(self, model: torch.nn.Module, spec: SweepSpec) -> None:
+        from depthprobe.tasks import get_task
+
+        self.model = model
+        self.spec = spec
+        options = dict(spec.task_options)
+        self.task = get_task(spec.task, **options) if isinstance(spec.task, str) else spec.task
+        self._instances: list[Any] | None = None
+
+    @property
+    def instances(self) -> list[Any]:
+        if self._instances is None:
+            s = self.spec
+            self._instances = self.task.instances(limit=s.limit, num_fewshot=s.num_fewshot, data_dir=s.data_dir)
+        return self._instances
+
+    def run(self, unit: WorkUnit) -> list[ConditionResult]:
+        return self._engine(unit) if unit.engine else [self._evaluate(list(c)) for c in unit.conditions]
+
+    def _engine(self, unit: WorkUnit) -> list[ConditionResult]:
+        from depthprobe.evaluation.api import choice_result
+        from depthprobe.sweep.engine import score_conditions
+
+        s, t = self.spec, self.task
+        shots = t.default_num_fewshot if s.num_fewshot is None else s.num_fewshot
+        config = {"task": t.name, "limit": s.limit, "num_fewshot": shots, "batch_size": s.batch_size, "engine": True,
+                  **dict(s.task_options)}
+        instances = self.instances
+        requests = [(i.prompt, i.continuations) for i in instances]
+        start = time.perf_counter()
+        scores = score_conditions(self.model, requests, list(unit.conditions), batch_size=s.batch_size)
+        wall = time.perf_counter() - start
+        out = []
+        for k, cond in enumerate(unit.conditions):
+            result = choice_result(t, instances, scores[condition_id(cond)], dict(config), {"n_docs": len(instances)})
+            out.append(ConditionResult(list(cond), result.metrics, result.samples, wall if k == 0 else 0.0))
+        return out
+
+    def _evaluate(self, condition: list[Intervention]) -> ConditionResult:
+        from depthprobe.evaluation import evaluate
+
+        s = self.spec
+        kwargs: dict[str, Any] = {"limit": s.limit, "num_fewshot": s.num_fewshot, "batch_size": s.batch_size,
+                                  "data_dir": s.data_dir}
+        if s.max_gen_toks is not None:
+            kwargs["max_gen_toks"] = s.max_gen_toks
+        kwargs.update(dict(s.chat_options))
+        from depthprobe.evaluation.api import TruncationWarning
+
+        start = time.perf_counter()
+        with ablate(self.model, *condition), warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=TruncationWarning)  # the runner says it once, not per condition
+            result = evaluate(self.model, self.task, **kwargs)
+        return ConditionResult(condition, result.metrics, result.samples, time.perf_counter() - start)
+
+
+class InProcessExecutor:
+    """Runs every unit in this process on the given model, in order (the default)."""
+
+    def run(self, model: torch.nn.Module, spec: SweepSpec, units: Sequence[WorkUnit],
+            on_result: Callable[[ConditionResult], None]) -> None:
+        runner = UnitRunner(model, spec)
+        for unit in units:
+            for result in runner.run(unit):
+                on_result(result)

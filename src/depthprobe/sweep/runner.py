@@ -1,0 +1,251 @@
+"""``run_sweep``: a task under the baseline and every condition, stored in a resumable run directory.
+
+The runner checks the conditions once at its boundary (flattened, unique, in range for the
+model), writes or checks the manifest, skips conditions already on disk, plans the rest as
+:class:`~depthprobe.sweep.executor.WorkUnit` values and hands them to an executor
+(:class:`~depthprobe.sweep.executor.InProcessExecutor` unless told otherwise), storing each
+condition as soon as it is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from depthprobe.interventions import Intervention, MeanReference, validate
+from depthprobe.models import model_dims
+from depthprobe.sweep.executor import ConditionResult, Executor, InProcessExecutor, SweepSpec, WorkUnit
+from depthprobe.sweep.grids import BASELINE, Condition, condition_id, flat_conditions, parse_grid
+
+if TYPE_CHECKING:
+    from depthprobe.results import RunDir
+
+__all__ = ["condition_info", "plan_units", "run_sweep", "sweep_conditions"]
+
+ConditionsOrGrid = Union[str, Sequence[Condition]]
+EvaluateCondition = Callable[[list[Intervention]], tuple[Mapping[str, float], "pd.DataFrame | None"]]
+
+
+def condition_info(condition: Condition) -> dict[str, Any]:
+    """What plots and tables need to place a condition: kind, first/last layer, head or group index."""
+    if not len(condition):
+        return {"kind": BASELINE, "layer": None, "layer_max": None, "index": None, "n_interventions": 0,
+                "interventions": []}
+    kinds = sorted({iv.kind for iv in condition})
+    layers = [iv.layer for iv in condition]
+    return {
+        "kind": "+".join(kinds),
+        "layer": min(layers),
+        "layer_max": max(layers),
+        "index": condition[0].index if len(condition) == 1 else None,
+        "n_interventions": len(condition),
+        "interventions": [iv.id for iv in condition],
+    }
+
+
+_condition_info = condition_info  # the name before the split
+
+
+def _with_baseline(conditions: Sequence[Condition]) -> list[list[Intervention]]:
+    out = flat_conditions(conditions)
+    ids = [condition_id(c) for c in out]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"duplicate conditions: {', '.join(dup)}; each condition must be unique")
+    if BASELINE not in ids:
+        out.insert(0, [])
+    return out
+
+
+def _progress(total: int, done: int, desc: str, progress: bool) -> Any:
+    return tqdm(total=total, initial=done, desc=desc, unit="cond", disable=not progress, dynamic_ncols=True)
+
+
+def _store(run_dir: "RunDir", condition: Condition, metrics: Mapping[str, float], samples: pd.DataFrame | None,
+           wall_s: float, extras: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    cid = condition_id(condition)
+    run_dir.write(cid, metrics, samples, **condition_info(condition), wall_s=wall_s,
+                  n_samples=None if samples is None else len(samples), n_truncated=_n_truncated(samples),
+                  **(extras or {}).get(cid, {}))
+    return cid
+
+
+def _n_truncated(samples: "pd.DataFrame | None") -> int | None:
+    """How many of a condition's prompts were cut from the left (None when the samples do not say)."""
+    if samples is None or "truncated" not in samples.columns:
+        return None
+    return int(samples["truncated"].astype(bool).sum())
+
+
+def _documents_digest(instances: Sequence[Any]) -> str:
+    """SHA-256 of exactly what is evaluated: every prompt, choice list and target, in order."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for inst in instances:
+        digest.update(json.dumps([inst.prompt, inst.choices, inst.target, inst.target_delimiter],
+                                 default=str).encode())
+    return digest.hexdigest()
+
+
+def sweep_conditions(
+    run_dir: "RunDir",
+    conditions: Sequence[Condition],
+    evaluate_condition: EvaluateCondition,
+    *,
+    progress: bool = True,
+    desc: str = "conditions",
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """Evaluate every condition not yet stored in ``run_dir`` (baseline first), storing each as it finishes.
+
+    ``evaluate_condition(condition)`` returns ``(metrics, samples)``. Returns the ids evaluated
+    by this call; conditions already on disk are skipped, so re-running resumes. ``extras``
+    adds fields to a condition's result row (the pre-screen's estimates).
+    """
+    conditions = _with_baseline(conditions)
+    with run_dir.writing():  # one writer at a time; a second process with the same settings waits here
+        todo = [c for c in conditions if not run_dir.done(condition_id(c))]
+        bar = _progress(len(conditions), len(conditions) - len(todo), desc, progress)
+        ran = []
+        try:
+            for cond in todo:
+                bar.set_postfix_str(condition_id(cond)[:40])
+                start = time.perf_counter()
+                metrics, samples = evaluate_condition(list(cond))
+                ran.append(_store(run_dir, cond, metrics, samples, time.perf_counter() - start, extras))
+                bar.update(1)
+        finally:
+            bar.close()
+    return ran
+
+
+def plan_units(conditions: Sequence[Condition], *, engine: bool, chunk: int) -> list[WorkUnit]:
+    """Consecutive groups of ``chunk`` conditions scored together (engine), or one unit per condition."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    conds = [tuple(c) for c in conditions]
+    if not engine:
+        return [WorkUnit((c,), engine=False) for c in conds]
+    return [WorkUnit(tuple(conds[i : i + chunk]), engine=True) for i in range(0, len(conds), chunk)]
+
+
+def run_sweep(
+    model: torch.nn.Module,
+    task: Any,
+    conditions_or_grid: ConditionsOrGrid,
+    *,
+    out_dir: str | os.PathLike[str],
+    limit: int | None = None,
+    batch_size: int = 16,
+    num_fewshot: int | None = None,
+    progress: bool = True,
+    engine: bool = True,
+    chunk: int = 8,
+    executor: Executor | None = None,
+    prescreen: Any = None,
+    **evaluate_options: Any,
+) -> pd.DataFrame:
+    """Evaluate ``task`` under the baseline and every condition; store, resume, and return ``load_results(out_dir)``.
+
+    ``conditions_or_grid`` is a list of conditions or a grid spec (``"layers"``, ``"heads:12"``,
+    ``"mean_heads:12"`` with the task's own documents as the reference; see
+    :func:`~depthprobe.sweep.grids.parse_grid`). Multiple-choice tasks go through the engine
+    (:func:`~depthprobe.sweep.engine.score_conditions`: the unablated prefix computed once per
+    batch, ``chunk`` conditions at a time, so a killed sweep loses at most one chunk);
+    generation tasks, and every task with ``engine=False``, run ``depthprobe.evaluate`` under
+    ``ablate`` per condition. ``executor`` runs the planned units (default: in this process).
+    ``evaluate_options`` go to ``evaluate`` (``data_dir``, ``max_gen_toks``, ``chat``,
+    ``enable_thinking``, task options).
+
+    ``prescreen=depthprobe.Prescreen(top_k, random_k)`` attributes every condition first
+    (``depthprobe.attribute``) and exact-ablates only the ``top_k`` by ``estimate_abs`` plus a
+    random sample of the rest; their rows also hold ``estimate``, ``estimate_abs``, ``screen``
+    and the exact delta of the screen's metric, and ``df.attrs["prescreen"]`` reports top-k recall.
+    Nothing is written to ``out_dir`` before every argument has been checked.
+    """
+    from depthprobe.data import record_reads
+    from depthprobe.evaluation.api import require_loaded_model, warn_truncated
+    from depthprobe.results import RunDir, build_manifest, load_results
+    from depthprobe.tasks import get_task
+
+    # Validate everything first: nothing is written to out_dir for a command that is refused.
+    require_loaded_model(model, "run_sweep")
+    data_dir = evaluate_options.pop("data_dir", None)
+    max_gen_toks = evaluate_options.pop("max_gen_toks", None)
+    chat_options = {k: evaluate_options.pop(k) for k in ("chat", "enable_thinking") if k in evaluate_options}
+    task_options = dict(evaluate_options)
+    t = get_task(task, **task_options) if isinstance(task, str) else task
+    if isinstance(conditions_or_grid, str):
+        reference = MeanReference.for_task(t.name, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir,
+                                           **task_options) if t.scorer == "depthprobe" else None
+        conditions = parse_grid(model, conditions_or_grid, reference=reference)
+    else:
+        conditions = conditions_or_grid
+    conditions = _with_baseline(conditions)
+    dims = model_dims(model)
+    for cond in conditions:
+        validate(dims, cond)
+    if max_gen_toks is not None and (isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int)
+                                     or max_gen_toks < 1):
+        raise ValueError(f"max_gen_toks must be a positive integer, got {max_gen_toks!r}")
+    with record_reads() as files_read:
+        instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
+    shots = t.default_num_fewshot if num_fewshot is None else num_fewshot
+    protocol = "loglikelihood" if t.output_type == "multiple_choice" else "generate_until"
+    manifest = build_manifest(
+        model, task=t.name, protocol=protocol, num_fewshot=shots, seed=task_options.get("seed"), limit=limit,
+        task_options={**task_options, **chat_options},
+        max_gen_toks=max_gen_toks if protocol == "generate_until" else None,
+        data={"files": dict(sorted(files_read.items())), "documents": _documents_digest(instances)},
+        data_dir=None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
+    )
+    run_dir = RunDir(out_dir, manifest)
+    spec = SweepSpec(task if isinstance(task, str) else t, tuple(sorted(task_options.items())), limit, num_fewshot,
+                     batch_size, None if data_dir is None else str(data_dir), max_gen_toks,
+                     tuple(chat_options.items()))
+    extras: dict[str, dict[str, Any]] | None = None
+    ran: list[str] = []
+    with run_dir.writing():
+        if prescreen is not None:  # under the lock: prescreen.json belongs to this run directory's one writer
+            from depthprobe.attribution import screen_conditions
+
+            conditions, extras = screen_conditions(model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
+                                                   num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
+            conditions = _with_baseline(conditions)
+        todo = [c for c in conditions if not run_dir.done(condition_id(c))]
+        use_engine = engine and t.output_type == "multiple_choice" and t.scorer == "depthprobe"
+        units = plan_units(todo, engine=use_engine, chunk=chunk)
+        bar = _progress(len(conditions), len(conditions) - len(todo), f"{t.name} sweep", progress)
+
+        def on_result(result: ConditionResult) -> None:
+            ran.append(_store(run_dir, result.condition, result.metrics, result.samples, result.wall_s, extras))
+            bar.update(1)
+
+        try:
+            (executor or InProcessExecutor()).run(model, spec, units, on_result)
+        finally:
+            bar.close()
+    df = load_results(out_dir)
+    df.attrs["computed"] = ran  # the conditions this call evaluated (the rest were on disk)
+    if "n_truncated" in df.columns and df["n_truncated"].notna().any():
+        warn_truncated(t.name, int(df["n_truncated"].max()), len(instances), model, stacklevel=2)
+    if prescreen is not None:
+        from depthprobe.attribution import prescreen_report
+
+        report = prescreen_report(df, prescreen, t.metric_names if protocol == "loglikelihood" else
+                                  [f"exact_match,{f.name}" for f in t.generation.filters])
+        df.attrs["prescreen"] = report
+        if progress:
+            tqdm.write(f"prescreen: measured {report['n_top']} top + {report['n_random']} random conditions; "
+                       f"top-{report['top_k']} recall {report['recall']:.2f} among them")
+    return df
