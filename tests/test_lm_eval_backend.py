@@ -176,8 +176,9 @@ def test_live_model_with_active_hooks_equals_model_args(tiny, tiny_llama_dir, ta
 @pytest.mark.parametrize("spec,message", [
     ("head:L9H0", r"interventions: head:L9H0: layer 9 out of range; the model has layers 0\.\.2"),
     ("group:L0G5", r"KV group 5 out of range; the model has groups 0\.\.1"),
-    ("bogus", r"unknown intervention id 'bogus'.*valid forms: skip:L<l>.*head:L<l>H<h>"),
-    ("skip:L1 skip:Lx", r"unknown intervention id 'skip:Lx'"),
+    ("bogus", r"interventions: bad intervention id 'bogus'.*valid forms: skip:L<l>.*head:L<l>H<h>"),
+    ("skip:L1 skip:Lx", r"interventions: bad skip id .*Lx.*valid forms"),
+    ("o_proj:L1", r"interventions: .*o_proj.*valid forms: .*o_proj:L<l>\[@<alpha>\]=<source path>"),
 ])
 def test_bad_interventions_are_one_line(tiny, spec, message):
     with pytest.raises(ValueError, match=message) as err:

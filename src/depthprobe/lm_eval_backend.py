@@ -44,20 +44,7 @@ def _from_id(text: str) -> Any:
     m = re.fullmatch(r"o_proj:L(\d+)(?:@([-+0-9.eE]+))?=(.+)", text)
     if m:
         return iv.patch_o_proj(int(m.group(1)), m.group(3), alpha=float(m.group(2) or 1.0))
-    if hasattr(iv.Intervention, "from_id"):
-        return iv.Intervention.from_id(text)
-    m = re.fullmatch(r"(skip|skip_attn|skip_mlp|head|group|head_weights):L(\d+)(?:[HG](\d+))?", text)
-    if m is None:
-        raise ValueError(f"unknown intervention id {text!r}")
-    kind, layer, index = m.group(1), int(m.group(2)), m.group(3)
-    makers = {"skip": iv.skip_layer, "skip_attn": iv.skip_attn, "skip_mlp": iv.skip_mlp}
-    if kind in makers and index is None:
-        return makers[kind](layer)
-    if kind == "head" and index is not None:
-        return iv.zero_head(layer, int(index))
-    if kind == "group" and index is not None:
-        return iv.zero_kv_group(layer, int(index))
-    raise ValueError(f"unknown intervention id {text!r}")
+    return iv.Intervention.from_id(text)
 
 
 def parse_interventions(spec: str | Iterable[str] | None, model: Any = None) -> list[Any]:
