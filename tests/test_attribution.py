@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 import depthprobe as dp
 from depthprobe.attribution import Prescreen, attribute, exact_effects
 from depthprobe.interventions import Intervention
+from depthprobe.interventions.base import Bound
 from depthprobe.sweep import parse_grid, score_conditions
 
 TASK, LIMIT = "organism_knowledge", 3
@@ -29,30 +31,49 @@ def model64(tiny_llama_dir: Path) -> torch.nn.Module:
     return dp.load_model(tiny_llama_dir, dtype=torch.float64)
 
 
-def scale_heads(layer: int, heads: tuple[int, ...], factor: float, name: str) -> Intervention:
-    def hook(z, hook):
-        z = z.clone()
-        z[:, :, list(heads)] *= factor
-        return z
+@dataclass(frozen=True)
+class Scale(Intervention):
+    """Test-only intervention type (not registered): multiply activations by ``factor``.
 
-    return Intervention(f"{name}:L{layer}{heads}x{factor}", "head", layer, hooks=((f"blocks.{layer}.attn.hook_z", hook),))
+    ``what``: ``"z"`` scales the ``hook_z`` slices of query heads ``units``, ``"v"`` the
+    ``hook_v`` slices of KV heads ``units``, ``"layer"`` the attention and MLP outputs.
+    """
+
+    what: str = "z"
+    units: tuple[int, ...] = ()
+    factor: float = 1.0
+    tag: str = "s"
+    kind = "scale"
+
+    @property
+    def id(self) -> str:
+        return f"{self.tag}:L{self.layer}{self.units}x{self.factor}"
+
+    def _make_hooks(self, model, dims) -> Bound:
+        def scale_slices(t, hook):
+            t = t.clone()
+            t[:, :, list(self.units)] *= self.factor
+            return t
+
+        def scale_all(t, hook):
+            return t * self.factor
+
+        names = {"z": [f"blocks.{self.layer}.attn.hook_z"], "v": [f"blocks.{self.layer}.attn.hook_v"],
+                 "layer": [f"blocks.{self.layer}.hook_attn_out", f"blocks.{self.layer}.hook_mlp_out"]}[self.what]
+        fn = scale_all if self.what == "layer" else scale_slices
+        return Bound(self, tuple((name, fn) for name in names))
+
+
+def scale_heads(layer: int, heads: tuple[int, ...], factor: float, name: str) -> Intervention:
+    return Scale(layer, "z", tuple(heads), factor, name)
 
 
 def scale_values(layer: int, group: int, factor: float) -> Intervention:
-    def hook(v, hook):
-        v = v.clone()
-        v[:, :, group] *= factor
-        return v
-
-    return Intervention(f"v:L{layer}G{group}x{factor}", "head", layer, hooks=((f"blocks.{layer}.attn.hook_v", hook),))
+    return Scale(layer, "v", (group,), factor, "v")
 
 
 def scale_layer(layer: int, factor: float) -> Intervention:
-    def hook(out, hook):
-        return out * factor
-
-    return Intervention(f"layer:L{layer}x{factor}", "head", layer,
-                        hooks=((f"blocks.{layer}.hook_attn_out", hook), (f"blocks.{layer}.hook_mlp_out", hook)))
+    return Scale(layer, "layer", (), factor, "layer")
 
 
 def logit_diffs(model, conditions) -> dict[str, np.ndarray]:
