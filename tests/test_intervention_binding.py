@@ -80,3 +80,19 @@ def test_patch_of_another_shape_is_refused_when_bound_not_inside_the_forward(tin
         with dp.ablate(model, patch):
             entered = True
     assert not entered
+
+
+def test_run_directory_refuses_a_condition_of_the_same_id_with_other_intervention_data(tiny_llama_dir: Path,
+                                                                                       other_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    """``o_proj:L1`` from one source and from another share an id; the stored condition data tells them apart."""
+    from depthprobe.results import ManifestMismatchError
+
+    model = bridge(tiny_llama_dir)
+    run = tmp_path / "run"
+    opts = dict(out_dir=run, limit=3, batch_size=4, progress=False)
+    first = dp.run_sweep(model, "organism_knowledge", [[dp.patch_o_proj(1, other_dir)]], **opts)
+    again = dp.run_sweep(model, "organism_knowledge", [[dp.patch_o_proj(1, other_dir)]], **opts)
+    assert again.attrs["computed"] == [] and again.equals(first)
+    with pytest.raises(ManifestMismatchError, match=r"holds 'o_proj:L1' computed with other intervention settings"):
+        dp.run_sweep(model, "organism_knowledge", [[dp.patch_o_proj(1, tiny_llama_dir, alpha=1.0)]], **opts)

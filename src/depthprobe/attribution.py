@@ -50,7 +50,7 @@ from transformer_lens.hook_points import HookPoint
 
 from depthprobe.interventions import Intervention
 from depthprobe.models import ModelDims, model_dims
-from depthprobe.sweep import BASELINE, Condition, condition_id, parse_grid, score_conditions
+from depthprobe.sweep import BASELINE, Condition, condition_digest, condition_id, parse_grid, score_conditions
 from depthprobe.types import HeadActs, Resid
 
 __all__ = ["METHODS", "METRICS", "Prescreen", "attribute", "exact_effects", "metric_requests", "prescreen_report",
@@ -533,7 +533,7 @@ def screen_conditions(
                     **options)
     chosen = select(est, prescreen)
     selected = [c for c in candidates if condition_id(c) in chosen]
-    todo = [c for c in selected if not run_dir.done(condition_id(c))]
+    todo = [c for c in selected if not run_dir.done(condition_id(c), condition_digest(c))]
     exact = (exact_effects(model, task, todo, metric=est.attrs["metric"], **options).set_index("condition")
              if todo else pd.DataFrame())
     by_id = est.set_index("condition")

@@ -293,7 +293,7 @@ class RunDir:
         print(f"depthprobe: damaged condition file {path} ({problem}) moved to {target}; it will be recomputed",
               file=sys.stderr)
 
-    def _check_file(self, path: Path, condition: str | None = None) -> bool:
+    def _check_file(self, path: Path, condition: str | None = None, condition_digest: str | None = None) -> bool:
         """True when ``path`` is a sound result of this run; moves a damaged file aside (False); refuses a foreign one."""
         record, problem = _read_record(path)
         if record is None:
@@ -304,12 +304,21 @@ class RunDir:
         if condition is not None and record["condition"] != condition:
             raise ManifestMismatchError(f"{path} holds condition {record['condition']!r}, not {condition!r}; "
                                         f"delete the file to recompute it")
+        stored = record.get("condition_digest")
+        if condition_digest is not None and stored is not None and stored != condition_digest:
+            raise ManifestMismatchError(
+                f"{path} holds {record['condition']!r} computed with other intervention settings (its data, e.g. an "
+                f"o_proj source, differs); delete the file to recompute it, or use another output directory")
         return True
 
-    def done(self, condition: str) -> bool:
-        """Whether ``condition`` has a sound result file of this run (a damaged one is moved aside and is not done)."""
+    def done(self, condition: str, condition_digest: str | None = None) -> bool:
+        """Whether ``condition`` has a sound result file of this run (a damaged one is moved aside and is not done).
+
+        With ``condition_digest`` (of the interventions as data, see ``sweep.condition_digest``), a file
+        computed under the same id but other intervention data (another o_proj source) is refused.
+        """
         path = self.condition_path(condition)
-        return path.is_file() and self._check_file(path, condition)
+        return path.is_file() and self._check_file(path, condition, condition_digest)
 
     def n_done(self) -> int:
         """How many condition files the run directory holds."""
@@ -386,7 +395,7 @@ def load_results(run_dir: str | os.PathLike[str], samples: bool = False) -> pd.D
         return df[["condition"] + [c for c in df.columns if c != "condition"]]
     rows = []
     for r in records:
-        row = {k: v for k, v in r.items() if k not in ("metrics", "samples", "run_digest")}
+        row = {k: v for k, v in r.items() if k not in ("metrics", "samples", "run_digest", "condition_digest")}
         row.update({k: (math.nan if v is None else v) for k, v in r["metrics"].items()})
         rows.append(row)
     df = pd.DataFrame(rows)

@@ -28,7 +28,7 @@ from depthprobe.sweep.grids import BASELINE, Condition, condition_id, flat_condi
 if TYPE_CHECKING:
     from depthprobe.results import RunDir
 
-__all__ = ["condition_info", "plan_units", "run_sweep", "sweep_conditions"]
+__all__ = ["condition_digest", "condition_info", "plan_units", "run_sweep", "sweep_conditions"]
 
 ConditionsOrGrid = Union[str, Sequence[Condition]]
 EvaluateCondition = Callable[[list[Intervention]], tuple[Mapping[str, float], "pd.DataFrame | None"]]
@@ -38,7 +38,7 @@ def condition_info(condition: Condition) -> dict[str, Any]:
     """What plots and tables need to place a condition: kind, first/last layer, head or group index."""
     if not len(condition):
         return {"kind": BASELINE, "layer": None, "layer_max": None, "index": None, "n_interventions": 0,
-                "interventions": []}
+                "interventions": [], "condition_digest": condition_digest(condition)}
     kinds = sorted({iv.kind for iv in condition})
     layers = [iv.layer for iv in condition]
     return {
@@ -48,7 +48,21 @@ def condition_info(condition: Condition) -> dict[str, Any]:
         "index": condition[0].index if len(condition) == 1 else None,
         "n_interventions": len(condition),
         "interventions": [iv.id for iv in condition],
+        "condition_digest": condition_digest(condition),
     }
+
+
+def condition_digest(condition: Condition) -> str:
+    """SHA-256 of the condition as data (every intervention's ``to_dict``): ids alone do not name an o_proj source."""
+    import hashlib
+    import json
+
+    data = [iv.to_dict() for iv in condition]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _done(run_dir: "RunDir", condition: Condition) -> bool:
+    return run_dir.done(condition_id(condition), condition_digest(condition))
 
 
 _condition_info = condition_info  # the name before the split
@@ -114,7 +128,7 @@ def sweep_conditions(
     """
     conditions = _with_baseline(conditions)
     with run_dir.writing():  # one writer at a time; a second process with the same settings waits here
-        todo = [c for c in conditions if not run_dir.done(condition_id(c))]
+        todo = [c for c in conditions if not _done(run_dir, c)]
         bar = _progress(len(conditions), len(conditions) - len(todo), desc, progress)
         ran = []
         try:
@@ -222,7 +236,7 @@ def run_sweep(
             conditions, extras = screen_conditions(model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
                                                    num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
             conditions = _with_baseline(conditions)
-        todo = [c for c in conditions if not run_dir.done(condition_id(c))]
+        todo = [c for c in conditions if not _done(run_dir, c)]
         use_engine = engine and t.output_type == "multiple_choice" and t.scorer == "depthprobe"
         units = plan_units(todo, engine=use_engine, chunk=chunk)
         bar = _progress(len(conditions), len(conditions) - len(todo), f"{t.name} sweep", progress)
