@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.depthprobe-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo figures organisms bench clean
+.PHONY: install test test-numerics demo figures organisms bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,18 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest $(PYTEST_ARGS)
+
+# The numerics-sensitive tests again under the other CPU kernel sets and thread counts (`make test` is the
+# native set with 2 threads): the float32 tolerances of tests/tolerance.py must hold under all of them.
+NUMERICS_TESTS := tests/test_float64.py tests/test_interventions.py tests/test_sweep.py tests/test_run_sweep_engine.py \
+  tests/test_loglikelihood.py tests/test_lm_eval_agreement.py tests/test_generation.py tests/test_lm_eval_generation_agreement.py
+test-numerics: $(STAMP)
+	for run in default:1 avx2:2 native:1; do kernels=$${run%:*}; threads=$${run#*:}; \
+	  echo "== ATEN_CPU_CAPABILITY=$$kernels, $$threads torch thread(s) =="; \
+	  env $$( [ $$kernels = native ] || echo ATEN_CPU_CAPABILITY=$$kernels ) DEPTHPROBE_TEST_THREADS=$$threads \
+	    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+	    $(PY) -m pytest -q -p no:cacheprovider $(NUMERICS_TESTS) || exit 1; \
+	done
 
 # The main job: every head of organism-base's last layer ablated three ways on chain-of-thought reasoning.
 demo: $(STAMP)

@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, task in tasks.items():
         metric = cli.primary_metric(task)
         df = cli.sweep(model, task, "layers", args, "protocols", task)
-        frames[label] = df.rename(columns={metric: "score", f"delta_{metric}": "delta_score"})
+        frames[label] = df.rename(columns={f"{pre}{metric}{post}": f"{pre}score{post}" for pre, post in
+                                           [("", ""), ("delta_", ""), ("delta_", "_stderr"), ("delta_", "_ci_low"),
+                                            ("delta_", "_ci_high")]})
         print(cli.summary(df, [metric], title=f"{task}: {label}"))
     cli.save(plots.layer_curves(frames, ["score"], title=f"{args.model}: layer skips under three protocols"),
              args, "protocols")
@@ -32,4 +34,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guard(main))

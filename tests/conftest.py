@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import jaxtyping._typeguard  # noqa: F401  (the checker named in pytest's --jaxtyping-packages must be importable)
@@ -16,7 +17,20 @@ SHARED = Path(os.environ.get("DEPTHPROBE_SHARED", REPO.parent / "shared"))
 STORIES = SHARED / "models" / "stories260K"
 DATA = SHARED / "data"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+#: Torch threads for the suite: 2 (or the CPUs there are), or $DEPTHPROBE_TEST_THREADS (CI runs 1 and 2).
+THREADS = int(os.environ.get("DEPTHPROBE_TEST_THREADS") or max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(THREADS)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which CPU kernel set and thread count the numbers were computed with (tests/tolerance.py)."""
+    return (f"torch {torch.__version__}: CPU kernels {torch.backends.cpu.get_cpu_capability()} "
+            f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'native')}), {THREADS} thread(s)")
+
+
+# The weight-digest cache (depthprobe.hashing) goes to a temporary folder, never the user's ~/.cache;
+# subprocesses started by tests inherit it.
+os.environ["DEPTHPROBE_CACHE_DIR"] = tempfile.mkdtemp(prefix="depthprobe-cache-")
 
 
 @pytest.fixture(scope="session")

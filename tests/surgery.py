@@ -12,15 +12,15 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 
 @lru_cache(maxsize=None)
-def pristine(path: str) -> PreTrainedModel:
+def pristine(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The unedited Hugging Face model of ``path``, loaded once; never edit it (use hf_copy)."""
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=dtype)
     return model.eval().requires_grad_(False)
 
 
-def hf_copy(path: str | Path) -> PreTrainedModel:
-    """A fresh, independent Hugging Face model (eager attention, float32, eval mode) to edit freely."""
-    return copy.deepcopy(pristine(str(path)))
+def hf_copy(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A fresh, independent Hugging Face model (eager attention, ``dtype``, eval mode) to edit freely."""
+    return copy.deepcopy(pristine(str(path), dtype))
 
 
 def layers(model: PreTrainedModel) -> torch.nn.ModuleList:

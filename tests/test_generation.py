@@ -15,6 +15,8 @@ from depthprobe.generation import Generation, generate_until, greedy_generate, m
 from depthprobe.models import load_model
 from depthprobe.tiny import make_tiny_model
 
+from tests.tolerance import ForwardShape, assert_same_greedy, hf_greedy
+
 PROMPTS = [
     "Once upon a time, there was a little girl named Lily. She",
     "The quick brown fox",
@@ -70,17 +72,20 @@ def _left_padded(tok, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, i
 
 
 def _hf_generate(hf, ids, mask, pad, n, eos) -> torch.Tensor:
-    out = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                      eos_token_id=eos, pad_token_id=pad)
-    return out[:, ids.shape[1]:]
+    return _hf_generate_with_logits(hf, ids, mask, pad, n, eos)[0]
+
+
+def _hf_generate_with_logits(hf, ids, mask, pad, n, eos) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new tokens and the logits each step chose from (to check no step is a float32 near-tie)."""
+    return hf_greedy(hf, ids, n, attention_mask=mask, eos_token_id=eos, pad_token_id=pad)
 
 
 def test_greedy_generate_matches_hf_generate(pair):
     ids, mask, pad = _left_padded(pair.tok, PROMPTS)
     eos = pair.hf.generation_config.eos_token_id
-    ref = _hf_generate(pair.hf, ids, mask, pad, 20, eos)
+    ref, logits = _hf_generate_with_logits(pair.hf, ids, mask, pad, 20, eos)
     out = greedy_generate(pair.bridge, ids, mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=pad)
-    assert torch.equal(out, ref)
+    assert_same_greedy(out, ref, logits, ForwardShape.of(pair.hf), eos)
 
 
 def test_greedy_generate_per_row_eos_matches_hf(pair):
@@ -88,9 +93,9 @@ def test_greedy_generate_per_row_eos_matches_hf(pair):
     ids, mask, pad = _left_padded(pair.tok, PROMPTS)
     free = _hf_generate(pair.hf, ids, mask, pad, 12, None)
     eos = int(free[0, 3])
-    ref = _hf_generate(pair.hf, ids, mask, pad, 12, eos)
+    ref, logits = _hf_generate_with_logits(pair.hf, ids, mask, pad, 12, eos)
     out = greedy_generate(pair.bridge, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad)
-    assert torch.equal(out, ref)
+    assert_same_greedy(out, ref, logits, ForwardShape.of(pair.hf), eos)
     ended = [(row == eos).nonzero()[0, 0].item() for row in out if (row == eos).any()]
     assert ended and min(ended) < out.shape[1] - 1, "some row must end early for this test to mean anything"
 
@@ -101,7 +106,7 @@ def test_hooks_fire_every_step_and_equal_o_proj_surgery(pair):
     d_head = pair.bridge.cfg.d_head
     surgery = copy.deepcopy(pair.hf)
     surgery.model.layers[1].self_attn.o_proj.weight[:, :d_head] = 0.0
-    ref = _hf_generate(surgery, ids, mask, pad, 16, None)
+    ref, logits = _hf_generate_with_logits(surgery, ids, mask, pad, 16, None)
     calls = []
 
     def zero_head0(z, hook):
@@ -111,7 +116,7 @@ def test_hooks_fire_every_step_and_equal_o_proj_surgery(pair):
 
     with pair.bridge.hooks(fwd_hooks=[("blocks.1.attn.hook_z", zero_head0)]):
         out = greedy_generate(pair.bridge, ids, mask, max_new_tokens=16)
-    assert torch.equal(out, ref)
+    assert_same_greedy(out, ref, logits, ForwardShape.of(surgery))
     assert calls == [ids.shape[1]] + [1] * 15  # prefill, then one position per decode step
     clean = _hf_generate(pair.hf, ids, mask, pad, 16, None)
     if pair.name != "stories260K":  # on the random models head 0 moves at least one greedy token

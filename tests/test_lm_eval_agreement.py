@@ -2,8 +2,8 @@
 
 Both run the same model weights on the same local documents: lm-eval through ``HFLM`` on a
 separate Hugging Face copy, depthprobe through the TransformerLens bridge. Compared: the
-prompt and continuation strings, every per-request log-likelihood (1e-5 at batch size 1,
-1e-4 batched, each plus two float32 ulps of the summed value), every ``is_greedy`` flag, and ``acc`` / ``acc_norm`` per document.
+prompt and continuation strings, every per-request log-likelihood (within the float32 bound of
+``tests/tolerance.py``, at any batch size), every ``is_greedy`` flag, and ``acc`` / ``acc_norm`` per document.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -20,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from depthprobe.evaluation import evaluate
 from depthprobe.models import load_model
 
+from tests.tolerance import ForwardShape, loglikelihood_bound, text_logit_scale
 from tests.lm_eval_reference import RefTask, make_task_manager, request_args, request_results, run_lm_eval, write_jsonl, write_task_yaml
 
 LIMIT = 4
@@ -31,11 +31,6 @@ HELLASWAG_DOCS = [
     {"ind": 24, "activity_label": "Home and Garden", "ctx_a": "[header] How to make a terrarium [title] Choose a clear glass container.", "ctx_b": "[step] You can use a jar, a bowl or an old fish tank.", "ctx": "", "endings": ["[substeps] Make sure the [title] container is clean.", "Rinse the sand before you add it.", "[title] Add a layer of pebbles to the bottom.", "You will need a shovel [header] and gloves."], "source_id": "wikihow~1", "split": "val", "split_type": "zeroshot", "label": "2"},
     {"ind": 30, "activity_label": "Playing drums", "ctx_a": "A boy is sitting behind a drum set.", "ctx_b": "he", "ctx": "", "endings": ["starts playing the drums.", "eats a sandwich.", "stands up and leaves.", "plays the guitar loudly."], "source_id": "activitynet~v_x", "split": "val", "split_type": "indomain", "label": "0"},
 ]
-
-
-def _ulp(x: float) -> float:
-    """One float32 unit in the last place at magnitude |x| (3.8e-6 at 32, 3.1e-5 at 256)."""
-    return float(np.spacing(np.float32(abs(x))))
 
 
 def _subject_docs(path: Path) -> list[dict]:
@@ -95,13 +90,13 @@ def agreement_run(request, reference_setup):
     names = [specs[key].name for _, key, _, _ in CASES]
     samples, _ = run_lm_eval(hf, tok, names, tm, limit=LIMIT, batch_size=1)
     bridge = load_model(path, dtype="float32", device="cpu")
-    return request.param, ours, specs, samples, bridge
+    return request.param, ours, specs, samples, bridge, hf
 
 
 @pytest.mark.parametrize("task,ref_key,k,options", CASES, ids=[c[1] for c in CASES])
-@pytest.mark.parametrize("batch_size,tol", [(1, 1e-5), (8, 1e-4)], ids=["bs1", "bs8"])
-def test_agrees_with_lm_eval(agreement_run, task, ref_key, k, options, batch_size, tol):
-    model_name, ours, specs, samples, bridge = agreement_run
+@pytest.mark.parametrize("batch_size", [1, 8], ids=["bs1", "bs8"])
+def test_agrees_with_lm_eval(agreement_run, task, ref_key, k, options, batch_size):
+    model_name, ours, specs, samples, bridge, hf = agreement_run
     ref = samples[specs[ref_key].name]
     assert len(ref) == LIMIT
     result = evaluate(bridge, task, limit=LIMIT, num_fewshot=k, batch_size=batch_size, data_dir=ours, **options)
@@ -113,11 +108,12 @@ def test_agrees_with_lm_eval(agreement_run, task, ref_key, k, options, batch_siz
         assert [a[0] for a in args] == [row.prompt] * len(args), "prompt differs from lm-eval's context"
         assert [a[1] for a in args] == [" " + c for c in row.choices]
         lls, greedy = zip(*request_results(s))
-        # tolerance plus 2 fp32 ulps of the sum: beyond |ll| = 128 one ulp alone exceeds 1e-5, and the
-        # cached continuation pass rounds differently from lm-eval's single forward
-        excess = [abs(a - b) - 2 * _ulp(b) for a, b in zip(row.loglikelihoods, lls)]
+        # the cached continuation pass rounds differently from lm-eval's single forward: the float32 bound
+        scale = text_logit_scale(hf, [a[0] + a[1] for a in args])
+        tols = [loglikelihood_bound(ForwardShape.of(hf), scale, n, b) for n, b in zip(row.n_tokens, lls)]
+        excess = [abs(a - b) - t for a, b, t in zip(row.loglikelihoods, lls, tols)]
         worst = max(worst, max(abs(a - b) for a, b in zip(row.loglikelihoods, lls)))
-        assert max(excess) <= tol, f"{model_name} {ref_key} doc {row.doc_id}: {row.loglikelihoods} vs {lls}"
+        assert max(excess) <= 0, f"{model_name} {ref_key} doc {row.doc_id}: {row.loglikelihoods} vs {lls} (bounds {tols})"
         assert list(row.is_greedy) == list(greedy)
         assert row.correct == bool(s["acc"]), f"doc {row.doc_id}: acc differs"
         if "acc_norm" in s:

@@ -8,6 +8,8 @@ from depthprobe.evaluation import evaluate
 from depthprobe.evaluation.loglikelihood import encode_pair, model_max_length, score_choices
 from depthprobe.models import load_model
 
+from .tolerance import ForwardShape, loglikelihood_bound, logit_scale
+
 REQUESTS = [
     ("Question: What is the capital of France?\nAnswer:", [" Paris", " London is big", " A", " 42 and 43"]),
     ("Once upon a time, there was a little girl named Lily. She loved to ", ["play", "run outside in the park", "x"]),
@@ -26,15 +28,24 @@ def models(request):
     return load_model(path, dtype="float32", device="cpu"), hf, tok
 
 
-def naive_scores(forward, tok, context, continuation, max_length):
-    """One full forward of lm-eval's input window per request: summed log-prob and greedy flag."""
+def naive_scores(forward, tok, context, continuation, max_length, with_bound_of=None):
+    """One full forward of lm-eval's input window per request: summed log-prob and greedy flag.
+
+    With ``with_bound_of`` (a model), also the float32 bound on |Δ ll| for this request
+    (``tests/tolerance.py``: its token count and the magnitude of the logits it reads).
+    """
     ctx, cont = encode_pair(tok, context, continuation)
     window = (ctx + cont)[-(max_length + 1):][:-1]
     with torch.no_grad():
-        logprobs = torch.log_softmax(forward(torch.tensor([window])), dim=-1)[0]
+        logits = forward(torch.tensor([window]))
+        logprobs = torch.log_softmax(logits, dim=-1)[0]
     rows = logprobs[len(window) - len(cont):]
     target = torch.tensor(cont)
-    return rows.gather(1, target[:, None]).sum().item(), bool((rows.argmax(-1) == target).all())
+    ll, greedy = rows.gather(1, target[:, None]).sum().item(), bool((rows.argmax(-1) == target).all())
+    if with_bound_of is None:
+        return ll, greedy
+    scale = logit_scale(logits[0, len(window) - len(cont):])
+    return ll, greedy, loglikelihood_bound(ForwardShape.of(with_bound_of), scale, len(cont), ll)
 
 
 def test_encode_pair_matches_lm_eval(tiny_llama_dir, stories_dir):
@@ -50,16 +61,16 @@ def test_encode_pair_matches_lm_eval(tiny_llama_dir, stories_dir):
         assert model_max_length(hf, tok) == lm.max_length
 
 
-@pytest.mark.parametrize("batch_size,tol", [(1, 1e-5), (3, 1e-4), (64, 1e-4)])
-def test_scores_equal_naive_forward(models, batch_size, tol):
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_scores_equal_naive_forward(models, batch_size):
     bridge, hf, tok = models
     max_len = model_max_length(hf, tok)
     results, stats = score_choices(bridge, REQUESTS, batch_size=batch_size)
     assert stats.n_truncated == 0 and stats.n_requests == sum(len(c) for _, c in REQUESTS)
     for (context, conts), res in zip(REQUESTS, results):
         for cont, ll, greedy in zip(conts, res.loglikelihoods, res.is_greedy):
-            ref_ll, ref_greedy = naive_scores(lambda t: hf(t).logits, tok, context, cont, max_len)
-            assert abs(ll - ref_ll) <= tol, (context, cont, ll, ref_ll)
+            ref_ll, ref_greedy, tol = naive_scores(lambda t: hf(t).logits, tok, context, cont, max_len, hf)
+            assert abs(ll - ref_ll) <= tol, (context, cont, ll, ref_ll, tol)
             assert greedy == ref_greedy
 
 
@@ -83,8 +94,8 @@ def test_left_truncation_matches_lm_eval_window_and_is_counted(models):
         for cont, ll, greedy in zip(conts, res.loglikelihoods, res.is_greedy):
             ctx, c = encode_pair(tok, context, cont)
             n_long += len(ctx) + len(c) > max_len + 1
-            ref_ll, ref_greedy = naive_scores(lambda t: hf(t).logits, tok, context, cont, max_len)
-            assert abs(ll - ref_ll) <= 1e-4 and greedy == ref_greedy
+            ref_ll, ref_greedy, tol = naive_scores(lambda t: hf(t).logits, tok, context, cont, max_len, hf)
+            assert abs(ll - ref_ll) <= tol and greedy == ref_greedy
     assert stats.n_truncated == n_long > 0
 
 
@@ -102,8 +113,8 @@ def test_cached_scoring_under_hooks_equals_hooked_full_forward(models):
         hooked, _ = score_choices(bridge, REQUESTS, batch_size=8)
         for (context, conts), res in zip(REQUESTS, hooked):
             for cont, ll in zip(conts, res.loglikelihoods):
-                ref_ll, _ = naive_scores(lambda t: bridge(t), tok, context, cont, max_len)
-                assert abs(ll - ref_ll) <= 1e-4
+                ref_ll, _, tol = naive_scores(lambda t: bridge(t), tok, context, cont, max_len, bridge)
+                assert abs(ll - ref_ll) <= tol
     diff = max(abs(a - b) for p, h in zip(plain, hooked) for a, b in zip(p.loglikelihoods, h.loglikelihoods))
     assert diff > 1e-3, "the hook had no effect, so this test could not fail"
 
@@ -114,8 +125,8 @@ def test_kv_retrieval_scores_equal_naive(models):
     max_len = model_max_length(hf, tok)
     for row in result.samples.itertuples():
         for choice, ll in zip(row.choices, row.loglikelihoods):
-            ref, _ = naive_scores(lambda t: hf(t).logits, tok, row.prompt, choice, max_len)  # no leading space
-            assert abs(ll - ref) <= 1e-4
+            ref, _, tol = naive_scores(lambda t: hf(t).logits, tok, row.prompt, choice, max_len, hf)  # no leading space
+            assert abs(ll - ref) <= tol
         assert row.prediction == max(range(len(row.choices)), key=lambda j: (row.loglikelihoods[j], -j))
     assert result.metrics["acc"] == pytest.approx(result.samples["correct"].mean())
 

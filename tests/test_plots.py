@@ -119,3 +119,34 @@ def test_save_figure_html_always_png_or_one_warning(tmp_path: Path, capfd) -> No
         assert (tmp_path / "figs" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         assert err.count("\n") == 1 and "PNG not written" in err
+
+
+def test_error_bars_are_the_paired_intervals(tmp_path: Path) -> None:
+    """Every figure draws the delta's paired 95% interval as asymmetric error bars (around the delta and the metric)."""
+    from depthprobe.plots import condition_bars
+
+    base = [1, 1, 0, 1, 0, 1]
+    per_head = {h: [int(v and (i + h) % 3 != 0) for i, v in enumerate(base)] for h in range(4)}
+    run = RunDir(tmp_path / "eb", MANIFEST)
+    for cid, values, meta in [("baseline", base, BASE[1])] + [
+            (f"head:L{l}H{h}", v, info("head", [l], h)) for l in (0, 1) for h, v in per_head.items()]:
+        samples = pd.DataFrame({"doc_id": range(len(values)), "correct": [bool(x) for x in values]})
+        run.write(cid, {"acc": sum(values) / len(values)}, samples, **meta)
+    df = load_results(tmp_path / "eb")
+    rows = df[df["kind"] == "head"]
+    assert rows["delta_acc_stderr"].gt(0).all()
+    bars = [t for t in head_attribution(df, 1, group_size=2).data if isinstance(t, go.Bar)]
+    for t in bars:
+        part = rows[(rows["layer"] == 1) & rows["index"].isin(list(t.x))].sort_values("index")
+        assert list(t.error_y.array) == pytest.approx((part["delta_acc_ci_high"] - part["delta_acc"]).tolist())
+        assert list(t.error_y.arrayminus) == pytest.approx((part["delta_acc"] - part["delta_acc_ci_low"]).tolist())
+    (bar,) = condition_bars(df).data
+    assert list(bar.x) == rows["condition"].tolist()
+    assert list(bar.error_y.array) == pytest.approx((rows["delta_acc_ci_high"] - rows["delta_acc"]).tolist())
+    (hm,) = head_heatmap(df).data
+    assert hm.text[1][2] == "95% CI [{:+.3f}, {:+.3f}]".format(
+        *rows.loc[rows["condition"] == "head:L1H2", ["delta_acc_ci_low", "delta_acc_ci_high"]].iloc[0])
+    # without per-document samples there is nothing to draw, and no bar pretends otherwise
+    assert head_attribution(store(tmp_path, "nosamples", [(BASE[0], BASE[1], {"acc": 0.9}),
+                                                         ("head:L0H0", info("head", [0], 0), {"acc": 0.5})]),
+                            0).data[0].error_y.array is None

@@ -19,6 +19,8 @@ from depthprobe import results as results_mod
 from depthprobe.results import ManifestMismatchError, RunDir, build_manifest, load_results
 from depthprobe.sweep import condition_id, condition_logits, head_grid, layer_grid, sweep_conditions
 
+from .tolerance import U32, ForwardShape, loglikelihood_bound, text_logit_scale
+
 TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
 
 
@@ -61,20 +63,23 @@ def test_store_load_and_deltas(model, tmp_path: Path) -> None:
     df = load_results(tmp_path / "run")
     assert len(df) == 1 + len(conditions) and df["condition"].iloc[0] == "baseline"
     base = naive_ll(model, ids, [])
+    n_tok = ids.shape[1] - 1
     for cond in [[]] + conditions:
         row = df[df["condition"] == condition_id(cond)].iloc[0]
         ll = naive_ll(model, ids, cond)
-        assert row["ll"] == pytest.approx(ll, abs=1e-4)
-        assert row["delta_ll"] == pytest.approx(ll - base, abs=1e-4)
+        with dp.ablate(model, *cond):
+            scale = text_logit_scale(model, [TEXT])
+        tol = loglikelihood_bound(ForwardShape.of(model), scale, n_tok, ll)  # tests/tolerance.py
+        assert row["ll"] == pytest.approx(ll, abs=tol)
+        assert row["delta_ll"] == pytest.approx(ll - base, abs=2 * tol)
     assert "delta_ll_stderr" not in df.columns
     head = df[df["condition"] == "head:L1H2"].iloc[0]
     assert (head["kind"], head["layer"], head["index"], head["n_interventions"]) == ("head", 1, 2, 1)
     per_sample = load_results(tmp_path / "run", samples=True)
-    n_tok = ids.shape[1] - 1
     assert len(per_sample) == n_tok * (1 + len(conditions))
     sums = per_sample.groupby("condition")["loglikelihood"].sum()
     for cid, ll in zip(df["condition"], df["ll"]):
-        assert sums[cid] == pytest.approx(ll, rel=1e-6)  # float64 sum of the float32 terms
+        assert sums[cid] == pytest.approx(ll, abs=n_tok * U32 * abs(ll))  # float64 sum of the float32 terms
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert m["task"] == "text_ll" and m["dtype"] == "float32" and m["device"] == "cpu"
     assert m["versions"]["torch"] == torch.__version__.split("+")[0] or m["versions"]["torch"].startswith("2.")

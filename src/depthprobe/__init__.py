@@ -1,6 +1,7 @@
 """depthprobe: how much each layer and attention head of a decoder LLM contributes to a task,
 and how that answer changes with the evaluation protocol."""
 
+from depthprobe.attribution import Prescreen, attribute
 from depthprobe.evaluation import EvalResult, evaluate
 from depthprobe.interventions import (
     Intervention,
@@ -24,6 +25,26 @@ from depthprobe.tasks import get_task, list_tasks, register_task
 __version__ = "0.1.0"
 
 
+def lm_eval_model(model, **options):  # type: ignore[no-untyped-def]
+    """The lm-evaluation-harness ``LM`` of a loaded model (see ``depthprobe.lm_eval_backend``); needs lm-eval."""
+    from depthprobe.lm_eval_backend import lm_eval_model as make
+
+    return make(model, **options)
+
+
+def _register_lm_eval_backend() -> None:
+    """Make ``model="depthprobe"`` known to lm-eval when it is installed (a lazy import path: cheap)."""
+    try:
+        from lm_eval.api.registry import model_registry
+    except ImportError:  # lm-eval is an optional dependency
+        return
+    if "depthprobe" not in model_registry:
+        model_registry.register("depthprobe", target="depthprobe.lm_eval_backend:DepthprobeLM")
+
+
+_register_lm_eval_backend()
+
+
 def __getattr__(name: str):
     """``RayExecutor`` and ``run_campaign`` are imported on first use (Ray is an optional extra)."""
     if name == "RayExecutor":
@@ -43,10 +64,13 @@ __all__ = [
     "ModelSpec",
     "RayExecutor",
     "run_campaign",
+    "Prescreen",
     "ablate",
+    "attribute",
     "evaluate",
     "get_task",
     "list_tasks",
+    "lm_eval_model",
     "load_results",
     "register_task",
     "run_sweep",

@@ -1,4 +1,5 @@
-"""Command line: ``python -m depthprobe models`` lists the model aliases; ``demo`` runs a first layer sweep."""
+"""Command line: ``python -m depthprobe models`` lists the model aliases; ``demo`` runs a first layer sweep;
+``sweep`` runs a custom sweep; ``lm-eval`` is lm-evaluation-harness's CLI with the depthprobe backend."""
 
 import argparse
 import os
@@ -94,18 +95,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """A custom sweep: one task, one grid, stored and resumable under --out."""
     from depthprobe import cli
     from depthprobe.model_spec import ModelSpec
+    from depthprobe.tasks import get_task
 
+    metric = cli.primary_metric(get_task(args.task))  # an unknown task is refused before the model loads
+    parts = ("sweep", args.task, args.grid.replace(":", "_"))
     executor = make_executor(args)
     # Ray workers load the model themselves: the driver only reads its config and weight fingerprint.
     model = cli.load(args) if executor is None else ModelSpec(args.model, dtype=args.dtype, device=args.device)
     options: dict[str, Any] = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
+    if args.prescreen is not None:
+        options["prescreen"] = args.prescreen
     try:
-        df = cli.sweep(model, args.task, args.grid, args, "sweep", args.task, args.grid.replace(":", "_"),
-                       executor=executor, **options)
+        df = cli.sweep(model, args.task, args.grid, args, *parts, executor=executor, **options)
     finally:
         if executor is not None:
             executor.close()
-    print(cli.summary(df, [cli.primary_metric(args.task)], title=f"{args.task}: {args.grid}"))
+    print(cli.summary(df, [metric], title=f"{args.task}: {args.grid}"))
+    computed = len(df.attrs.get("computed", []))
+    print(f"computed {computed} condition(s); {len(df) - computed} were already saved in {cli.run_dir(args, *parts)}")
+    if args.figures is None:  # by default the figure lives with its run directory
+        args.figures = str(cli.run_dir(args, *parts))
+    cli.save(cli.grid_figure(df, args.grid, metric, model, title=f"{args.model}: {args.task}, {args.grid}"),
+             args, "_".join(parts), png=False)
     return 0
 
 
@@ -125,7 +136,28 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="depthprobe", description=__doc__)
+    """The command line. A user error is one line on stderr (exit status 2; ``--debug`` shows the traceback);
+    Ctrl-C says what is saved and how to resume (exit status 130)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # every other argument is lm-eval's own
+        from depthprobe.lm_eval_backend import cli as lm_eval_cli
+
+        return lm_eval_cli(argv[1:])
+    from depthprobe.cli import guard
+
+    return guard(_dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from depthprobe.cli import OneLineParser
+
+    parser = OneLineParser(prog="depthprobe", description=__doc__,
+                                     epilog="--debug (anywhere on the line) shows the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model aliases load_model accepts").set_defaults(func=cmd_models)
     demo = sub.add_parser("demo", help="skip each layer of stories260K in turn and report the damage")
@@ -137,10 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                                   study_example="python -m depthprobe sweep --model qwen3-8b --task mmlu --grid layers")
     sweep = sub.add_parser("sweep", parents=[sweep], add_help=False, help="run a custom sweep (resumable)")
     sweep.add_argument("--task", required=True, help="a task name (python -c 'import depthprobe; print(depthprobe.list_tasks())')")
-    sweep.add_argument("--grid", default="layers", help="layers | heads:L | groups:L | head_weights:L | blocks:N")
-    sweep.add_argument("--num-fewshot", type=int, default=None)
+    sweep.add_argument("--grid", default="layers", help="layers | heads:L | heads:all | groups:L | head_weights:L | blocks:N")
+    sweep.add_argument("--num-fewshot", type=cli.non_negative_int, default=None)
+    sweep.add_argument("--prescreen", type=cli.prescreen, default=None, metavar="TOP_K[,RANDOM_K]",
+                       help="attribute every condition first, exact-ablate only the top-k and a random sample of the rest")
     add_executor_flags(sweep)
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=cmd_sweep, figures=None)  # HTML figure under --figures, default: the run directory
     campaign = sub.add_parser("campaign", help="run a campaign file: models x tasks x grids, each sweep resumable")
     campaign.add_argument("file", help="a campaign TOML (campaigns/organisms.toml, campaigns/study.toml)")
     campaign.add_argument("--root", default=None, help="run directory root (default: the file's root)")
@@ -148,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     campaign.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_executor_flags(campaign)
     campaign.set_defaults(func=cmd_campaign)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    sub.add_parser("lm-eval", help="lm-evaluation-harness's command line with --model depthprobe available "
+                   "(e.g. --model depthprobe --model_args pretrained=organism-base,interventions=skip:L1 --tasks ...)")
+    return parser
 
 
 if __name__ == "__main__":

@@ -170,14 +170,14 @@ class HFAdapter:
 
     # --- identity -----------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """Name, revision (hub commit, or a fingerprint of a local directory's weights), dtype, device kind, attention."""
+        """Name, revision (a full content hash of a local directory's weights, else the hub commit), dtype, device kind, attention."""
         config = getattr(self.hf, "config", None)
         name = getattr(config, "_name_or_path", None) or getattr(getattr(self.model, "cfg", None), "model_name", None)
         revision = getattr(config, "_commit_hash", None)
-        if revision is None and name and Path(str(name)).is_dir():
+        if name and Path(str(name)).is_dir():  # a local directory: the full content hash of its weights
             from depthprobe.results import weights_fingerprint
 
-            revision = weights_fingerprint(str(name))
+            revision = weights_fingerprint(str(name)) or revision
         param = next(self.model.parameters())
         return {
             "name": str(name),

@@ -124,8 +124,8 @@ class ModelSpec:
         config = self.config
         name = getattr(config, "_name_or_path", None) or self.source
         revision = getattr(config, "_commit_hash", None)
-        if revision is None and os.path.isdir(str(name)):
-            revision = weights_fingerprint(str(name))
+        if os.path.isdir(str(name)):  # a local directory: its weights' fingerprint, as the model adapter reports
+            revision = weights_fingerprint(str(name)) or revision
         return {
             "name": str(name),
             "revision": revision,

@@ -107,6 +107,11 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
                 f"{path} is a directory but holds no config.json; point at a Hugging Face model directory"
             )
         return str(path)
+    if path.is_file():
+        raise ModelNotFoundError(
+            f"{path} is a file; pass the model directory that holds config.json and the weights "
+            f"(perhaps {str(path.parent)!r})"
+        )
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"model directory {name!r} does not exist")
     from huggingface_hub import try_to_load_from_cache

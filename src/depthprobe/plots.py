@@ -5,8 +5,13 @@
 - :func:`head_attribution`: per-head metric and delta bars of one layer, coloured by GQA group.
 - :func:`head_heatmap`: delta per (layer, head) when several layers were swept.
 - :func:`o_proj_curves`: o_proj replacement schedules against the baseline.
+- :func:`condition_bars`: the delta of every condition of any grid, one bar each.
 
-Every function plots the DataFrame's values as they are (no smoothing or rescaling).
+Every function plots the DataFrame's values as they are (no smoothing or rescaling). Where the
+results carry paired intervals (``delta_<metric>_ci_low/_ci_high``, see ``depthprobe.uncertainty``)
+every point and bar has an error bar: the delta's 95% interval, drawn around the delta and,
+shifted, around the metric itself (a bar that does not reach the baseline line marks a
+difference distinguishable from zero). The heatmap shows the interval on hover.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-__all__ = ["head_attribution", "head_heatmap", "layer_curves", "o_proj_curves", "save_figure"]
+__all__ = ["condition_bars", "head_attribution", "head_heatmap", "layer_curves", "o_proj_curves", "save_figure"]
 
 Frames = pd.DataFrame | Mapping[str, pd.DataFrame]
 _PALETTE = qualitative.Plotly
@@ -48,6 +53,25 @@ def _baseline(df: pd.DataFrame, metric: str) -> float | None:
     return float(base[metric].iloc[0]) if len(base) else None
 
 
+def _error_y(rows: pd.DataFrame, metric: str) -> dict | None:
+    """Plotly ``error_y`` of the paired 95% interval of ``delta_<metric>``, or None when the results have none."""
+    low, high, delta = f"delta_{metric}_ci_low", f"delta_{metric}_ci_high", f"delta_{metric}"
+    if not {low, high, delta} <= set(rows.columns):
+        return None
+    return dict(type="data", symmetric=False, array=(rows[high] - rows[delta]).tolist(),
+                arrayminus=(rows[delta] - rows[low]).tolist(), visible=True)
+
+
+def _title(title: str | None, frames: Frames) -> str | None:
+    """``title``, noting left-truncated prompts when any result was computed on cut prompts."""
+    counts = [int(df["n_truncated"].max()) for df in _as_frames(frames).values()
+              if "n_truncated" in df.columns and df["n_truncated"].notna().any()]
+    if not counts or max(counts) == 0:
+        return title
+    note = f"({max(counts)} prompt(s) cut from the left to fit the model's context)"
+    return f"{title} {note}" if title else note
+
+
 def _label(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
@@ -69,12 +93,13 @@ def layer_curves(
             color = _PALETTE[i % len(_PALETTE)]
             i += 1
             name = _label(label, metric)
+            err = _error_y(rows, metric)
             fig.add_trace(go.Scatter(x=rows["layer"].astype(int).tolist(), y=rows[metric].tolist(),
                                      mode="lines+markers", name=name, legendgroup=name,
-                                     line=dict(color=color)), row=1, col=1)
+                                     line=dict(color=color), error_y=err), row=1, col=1)
             fig.add_trace(go.Scatter(x=rows["layer"].astype(int).tolist(), y=rows[f"delta_{metric}"].tolist(),
                                      mode="lines+markers", name=name, legendgroup=name, showlegend=False,
-                                     line=dict(color=color)), row=1, col=2)
+                                     line=dict(color=color), error_y=err), row=1, col=2)
             base = _baseline(df, metric)
             if base is not None:
                 fig.add_hline(y=base, line=dict(color=color, dash="dot"), row=1, col=1)
@@ -82,7 +107,7 @@ def layer_curves(
     fig.update_xaxes(title_text="skipped layer")
     fig.update_yaxes(title_text="score", row=1, col=1)
     fig.update_yaxes(title_text="delta", row=1, col=2)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, frames), template="plotly_white")
     return fig
 
 
@@ -108,15 +133,16 @@ def head_attribution(
         part = rows[(heads // group_size) == g]
         color = _PALETTE[g % len(_PALETTE)]
         x = part["index"].astype(int).tolist()
+        err = _error_y(part, metric)
         fig.add_trace(go.Bar(x=x, y=part[metric].tolist(), name=f"group {g}", legendgroup=f"g{g}",
-                             marker_color=color), row=1, col=1)
+                             marker_color=color, error_y=err), row=1, col=1)
         fig.add_trace(go.Bar(x=x, y=part[f"delta_{metric}"].tolist(), name=f"group {g}", legendgroup=f"g{g}",
-                             marker_color=color, showlegend=False), row=1, col=2)
+                             marker_color=color, showlegend=False, error_y=err), row=1, col=2)
     base = _baseline(df, metric)
     if base is not None:
         fig.add_hline(y=base, line=dict(color="black", dash="dot"), row=1, col=1)
     fig.update_xaxes(title_text=f"head of layer {layer}", dtick=1)
-    fig.update_layout(title=title, template="plotly_white", barmode="group")
+    fig.update_layout(title=_title(title, df), template="plotly_white", barmode="group")
     return fig
 
 
@@ -131,11 +157,18 @@ def head_heatmap(
         raise ValueError(f"no {kind} conditions in the results")
     table = rows.assign(layer=rows["layer"].astype(int), index=rows["index"].astype(int)).pivot(
         index="layer", columns="index", values=column).sort_index().sort_index(axis=1)
+    hover = None
+    if _error_y(rows, metric) is not None:
+        lo, hi = (rows.assign(layer=rows["layer"].astype(int), index=rows["index"].astype(int)).pivot(
+            index="layer", columns="index", values=f"delta_{metric}_ci_{end}").reindex_like(table) for end in ("low", "high"))
+        hover = [[f"95% CI [{a:+.3f}, {b:+.3f}]" for a, b in zip(ra, rb)] for ra, rb in zip(lo.values, hi.values)]
     fig = go.Figure(go.Heatmap(z=table.values.tolist(), x=table.columns.tolist(), y=table.index.tolist(),
-                               colorscale="RdBu", zmid=0 if delta else None, colorbar=dict(title=column)))
+                               colorscale="RdBu", zmid=0 if delta else None, colorbar=dict(title=column),
+                               text=hover, hovertemplate=None if hover is None else
+                               "layer %{y} head %{x}: %{z:.3f} %{text}<extra></extra>"))
     fig.update_xaxes(title_text="head", dtick=1)
     fig.update_yaxes(title_text="layer", dtick=1)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, df), template="plotly_white")
     return fig
 
 
@@ -168,7 +201,7 @@ def o_proj_curves(frames: Mapping[str, pd.DataFrame], *, metric: str = "acc", ti
         x = rows[x_col].astype(int).tolist()
         xs += x
         fig.add_trace(go.Scatter(x=x, y=rows[metric].tolist(), mode="lines+markers", name=name,
-                                 line=dict(color=_PALETTE[i % len(_PALETTE)])))
+                                 line=dict(color=_PALETTE[i % len(_PALETTE)]), error_y=_error_y(rows, metric)))
         base = base if base is not None else _baseline(df, metric)
     if base is not None and xs:
         fig.add_trace(go.Scatter(x=[min(xs), max(xs)], y=[base, base], mode="lines", name="baseline",
@@ -176,12 +209,26 @@ def o_proj_curves(frames: Mapping[str, pd.DataFrame], *, metric: str = "acc", ti
     fig.update_xaxes(title_text="layer (per-layer: patched alone; reverse: first of k..L-1; accumulative: last of 0..k)",
                      tickmode="linear", dtick=1)
     fig.update_yaxes(title_text=metric)
-    fig.update_layout(title=title, template="plotly_white")
+    fig.update_layout(title=_title(title, frames), template="plotly_white")
     return fig
 
 
-def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str]) -> list[Path]:
-    """Write ``<stem>.html`` (self-contained) and ``<stem>.png`` when kaleido finds a browser.
+def condition_bars(df: pd.DataFrame, *, metric: str = "acc", title: str | None = None) -> go.Figure:
+    """``delta_<metric>`` of every condition but the baseline, one bar each in the results' order."""
+    _require(df, ["condition", f"delta_{metric}"], "results")
+    rows = df[df["condition"] != "baseline"]
+    if rows.empty:
+        raise ValueError("no conditions besides the baseline in the results")
+    fig = go.Figure(go.Bar(x=rows["condition"].tolist(), y=rows[f"delta_{metric}"].tolist(), name=f"delta {metric}",
+                           marker_color=_PALETTE[0], error_y=_error_y(rows, metric)))
+    fig.update_xaxes(title_text="condition")
+    fig.update_yaxes(title_text=f"delta {metric}")
+    fig.update_layout(title=_title(title, df), template="plotly_white")
+    return fig
+
+
+def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str], *, png: bool = True) -> list[Path]:
+    """Write ``<stem>.html`` (self-contained) and, with ``png``, ``<stem>.png`` when kaleido finds a browser.
 
     Without a usable Chrome/Chromium the PNG is skipped with one warning line on stderr.
     Returns the files written.
@@ -191,6 +238,8 @@ def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str]) -> list[Path]
     html = stem.with_suffix(".html")
     fig.write_html(html, include_plotlyjs=True, full_html=True)
     written = [html]
+    if not png:
+        return written
     png = stem.with_suffix(".png")
     try:
         fig.write_image(png, scale=2)

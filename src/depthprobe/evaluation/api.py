@@ -3,6 +3,7 @@
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,28 @@ from depthprobe.evaluation.loglikelihood import model_max_length, score_choices
 from depthprobe.evaluation.metrics import choice_predictions, exact_match, mean_stderr
 from depthprobe.tasks import Task, get_task
 
-__all__ = ["EvalResult", "choice_result", "evaluate"]
+__all__ = ["EvalResult", "TruncationWarning", "choice_result", "evaluate", "require_loaded_model"]
+
+
+class TruncationWarning(UserWarning):
+    """Some prompts were longer than the model's context and were cut from the left (as lm-eval does)."""
+
+
+def warn_truncated(task: str, n: int, total: int, model: Any, *, stacklevel: int = 2) -> None:
+    """One warning line when ``n`` of ``total`` prompts of ``task`` were cut from the left (nothing when n is 0)."""
+    if n:
+        max_len = model_max_length(model, getattr(model, "tokenizer", None))
+        warnings.warn(f"{task}: {n} of {total} prompts were longer than the model's {max_len} positions and were "
+                      f"cut from the left; their scores see only the end of the prompt (n_truncated counts them)",
+                      TruncationWarning, stacklevel=stacklevel + 1)
+
+
+def require_loaded_model(model: Any, what: str) -> None:
+    """Refuse, in one sentence, a model that did not come from ``depthprobe.load_model``."""
+    if not all(hasattr(model, attr) for attr in ("tokenizer", "hooks", "cfg", "original_model")):
+        kind = f"{type(model).__module__}.{type(model).__qualname__}"
+        raise TypeError(f"{what} needs a model from depthprobe.load_model (a TransformerBridge with its tokenizer), "
+                        f"got a {kind}; pass dp.load_model('<model directory or hub id>') instead")
 
 
 @dataclass
@@ -62,8 +84,16 @@ def evaluate(
         raise ValueError("chat=/enable_thinking= apply to generation tasks only; log-likelihood tasks score plain prompts")
     if enable_thinking is not None and not chat:
         raise ValueError("enable_thinking needs chat=True (it is a switch of the chat template)")
+    require_loaded_model(model, "evaluate")
     t = get_task(task, **task_options)
     start = time.perf_counter()
+    if t.scorer == "lm_eval":  # lm-eval's own evaluator on the depthprobe backend
+        if chat or max_gen_toks is not None or data_dir is not None:
+            raise ValueError(f"{t.name}: chat=, max_gen_toks= and data_dir= belong in the lm-eval task's YAML "
+                             "(pass include_path= for local YAMLs)")
+        result = t.run(model, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size)
+        result.stats["wall_s"] = time.perf_counter() - start
+        return result
     instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
     k = t.default_num_fewshot if num_fewshot is None else num_fewshot
     config = {"task": t.name, "limit": limit, "num_fewshot": k, "batch_size": batch_size, **task_options}
@@ -75,6 +105,8 @@ def evaluate(
         result = _evaluate_generation(model, t, instances, batch_size, max_gen_toks, config,
                                       chat=chat, enable_thinking=enable_thinking)
     result.stats["wall_s"] = time.perf_counter() - start
+    n_cut = result.stats.get("n_truncated", result.stats.get("n_prompt_truncated", 0))
+    warn_truncated(t.name, int(n_cut or 0), len(instances), model)
     return result
 
 
@@ -175,6 +207,7 @@ def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_
             "generation": out.text,
             "n_generated_tokens": out.n_tokens,
             "hit_stop": out.hit_stop,
+            "truncated": bool(getattr(out, "prompt_truncated", False)),
             "target": inst.target,
         }
         for f in gen.filters:

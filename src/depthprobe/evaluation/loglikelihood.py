@@ -31,7 +31,7 @@ from torch import Tensor
 from depthprobe import adapter
 from depthprobe.evaluation.tokenize import encode_pair, prefix_token_id, tok_encode
 
-__all__ = ["DocScores", "ScoreStats", "encode_pair", "model_max_length", "score_choices"]
+__all__ = ["DocScores", "ScoreStats", "encode_pair", "model_max_length", "score_choices", "score_encoded"]
 
 DEFAULT_MAX_LENGTH = adapter.DEFAULT_MAX_LENGTH
 TOKENIZER_INFINITY = adapter.TOKENIZER_INFINITY
@@ -131,9 +131,6 @@ def score_choices(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     max_len = max_length if max_length is not None else model_max_length(model, tokenizer)
-    device = _device(model)
-    stats = ScoreStats()
-
     encoded: list[tuple[list[int], list[list[int]]]] = []
     for i, (context, continuations) in enumerate(requests):
         ctx: list[int] | None = None
@@ -148,8 +145,29 @@ def score_choices(
             conts.append(c_cont)
         assert ctx is not None
         encoded.append((ctx, conts))
-        stats.n_requests += len(conts)
+    return score_encoded(model, encoded, batch_size=batch_size, max_length=max_len)
 
+
+def score_encoded(
+    model: Any,
+    encoded: Sequence[tuple[list[int], list[list[int]]]],
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> tuple[list[DocScores], ScoreStats]:
+    """``score_choices`` on requests already tokenized: ``encoded[i] = (context ids, [continuation ids, ...])``.
+
+    For callers that build token windows themselves (lm-eval's rolling log-likelihood windows).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    max_len = max_length if max_length is not None else model_max_length(model, model.tokenizer)
+    device = _device(model)
+    stats = ScoreStats(n_requests=sum(len(conts) for _, conts in encoded))
+    encoded = [(list(ctx), [list(c) for c in conts]) for ctx, conts in encoded]
+    for i, (ctx, conts) in enumerate(encoded):
+        if not ctx or any(not c for c in conts):
+            raise ValueError(f"request {i}: context and every continuation need at least one token")
     lls: list[list[float]] = [[0.0] * len(c) for _, c in encoded]
     greedy: list[list[bool]] = [[True] * len(c) for _, c in encoded]
     truncated = [any(len(ctx) + len(c) > max_len + 1 for c in conts) for ctx, conts in encoded]

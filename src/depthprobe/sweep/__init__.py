@@ -32,6 +32,7 @@ from depthprobe.sweep.runner import (
     condition_info,
     plan_units,
     run_sweep,
+    condition_digest,
     sweep_conditions,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "plan_units",
     "run_sweep",
     "score_conditions",
+    "condition_digest",
     "sweep_conditions",
     "unit_grid",
 ]

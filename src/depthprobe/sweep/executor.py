@@ -13,6 +13,7 @@ workers that hold their own copy of the model; each finished condition is report
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -122,8 +123,11 @@ class UnitRunner:
         if s.max_gen_toks is not None:
             kwargs["max_gen_toks"] = s.max_gen_toks
         kwargs.update(dict(s.chat_options))
+        from depthprobe.evaluation.api import TruncationWarning
+
         start = time.perf_counter()
-        with ablate(self.model, *condition):
+        with ablate(self.model, *condition), warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=TruncationWarning)  # the runner says it once, not per condition
             result = evaluate(self.model, self.task, **kwargs)
         return ConditionResult(condition, result.metrics, result.samples, time.perf_counter() - start)
 

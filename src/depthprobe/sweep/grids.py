@@ -100,7 +100,7 @@ def block_grid(model_or_dims: ModelDims | torch.nn.Module, n: int, *, stride: in
     return [[skip_layer(s + i) for i in range(n)] for s in range(0, dims.n_layers - n + 1, stride)]
 
 
-_GRID_RE = re.compile(r"^([a-z_]+)(?::(\d+))?$")
+_GRID_RE = re.compile(r"^([a-z_]+)(?::(\d+|all))?$")
 
 
 def _unit_grids() -> dict[str, str]:
@@ -110,12 +110,13 @@ def _unit_grids() -> dict[str, str]:
 
 def grid_names() -> list[str]:
     """Every grid spelling ``parse_grid`` accepts."""
-    return ["layers"] + [f"{name}:L" for name in _unit_grids()] + ["blocks:N"]
+    return ["layers"] + [f"{name}:L" for name in _unit_grids()] + ["blocks:N"] + [f"{name}:all" for name in _unit_grids()]
 
 
 def parse_grid(model_or_dims: ModelDims | torch.nn.Module, spec: str, **context: Any) -> list[list[Intervention]]:
     """A grid from its command-line spelling: ``layers``, ``heads:L``, ``groups:L``, ``head_weights:L``,
-    ``mean_heads:L`` (needs ``reference=``, see :func:`~depthprobe.interventions.mean_head`), ``blocks:N``."""
+    ``mean_heads:L`` (needs ``reference=``, see :func:`~depthprobe.interventions.mean_head`), ``blocks:N``;
+    ``heads:all`` (any per-layer grid with ``all``) is that grid over every layer."""
     m = _GRID_RE.match(spec.strip())
     units = _unit_grids()
     if m is None or m.group(1) not in {"layers", "blocks", *units}:
@@ -127,6 +128,11 @@ def parse_grid(model_or_dims: ModelDims | torch.nn.Module, spec: str, **context:
         return layer_grid(model_or_dims)
     if arg is None:
         raise ValueError(f"grid {kind!r} needs a number, e.g. '{kind}:3'")
+    if arg == "all":
+        if kind not in units:
+            raise ValueError(f"grid {kind!r} takes a number, not 'all'; valid: {', '.join(grid_names())}")
+        n_layers = (model_or_dims if isinstance(model_or_dims, ModelDims) else model_dims(model_or_dims)).n_layers
+        return [c for layer in range(n_layers) for c in unit_grid(model_or_dims, units[kind], layer, **context)]
     if kind == "blocks":
         return block_grid(model_or_dims, int(arg))
     return unit_grid(model_or_dims, units[kind], int(arg), **context)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import pandas as pd
@@ -27,7 +29,7 @@ from depthprobe.sweep.grids import BASELINE, Condition, condition_id, flat_condi
 if TYPE_CHECKING:
     from depthprobe.results import RunDir
 
-__all__ = ["condition_info", "plan_units", "run_sweep", "sweep_conditions"]
+__all__ = ["condition_digest", "condition_info", "plan_units", "run_sweep", "sweep_conditions"]
 
 ConditionsOrGrid = Union[str, Sequence[Condition]]
 EvaluateCondition = Callable[[list[Intervention]], tuple[Mapping[str, float], "pd.DataFrame | None"]]
@@ -37,7 +39,7 @@ def condition_info(condition: Condition) -> dict[str, Any]:
     """What plots and tables need to place a condition: kind, first/last layer, head or group index."""
     if not len(condition):
         return {"kind": BASELINE, "layer": None, "layer_max": None, "index": None, "n_interventions": 0,
-                "interventions": []}
+                "interventions": [], "condition_digest": condition_digest(condition)}
     kinds = sorted({iv.kind for iv in condition})
     layers = [iv.layer for iv in condition]
     return {
@@ -47,7 +49,21 @@ def condition_info(condition: Condition) -> dict[str, Any]:
         "index": condition[0].index if len(condition) == 1 else None,
         "n_interventions": len(condition),
         "interventions": [iv.id for iv in condition],
+        "condition_digest": condition_digest(condition),
     }
+
+
+def condition_digest(condition: Condition) -> str:
+    """SHA-256 of the condition as data (every intervention's ``to_dict``): ids alone do not name an o_proj source."""
+    import hashlib
+    import json
+
+    data = [iv.to_dict() for iv in condition]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _done(run_dir: "RunDir", condition: Condition) -> bool:
+    return run_dir.done(condition_id(condition), condition_digest(condition))
 
 
 _condition_info = condition_info  # the name before the split
@@ -69,11 +85,31 @@ def _progress(total: int, done: int, desc: str, progress: bool) -> Any:
 
 
 def _store(run_dir: "RunDir", condition: Condition, metrics: Mapping[str, float], samples: pd.DataFrame | None,
-           wall_s: float) -> str:
+           wall_s: float, extras: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     cid = condition_id(condition)
     run_dir.write(cid, metrics, samples, **condition_info(condition), wall_s=wall_s,
-                  n_samples=None if samples is None else len(samples))
+                  n_samples=None if samples is None else len(samples), n_truncated=_n_truncated(samples),
+                  **(extras or {}).get(cid, {}))
     return cid
+
+
+def _n_truncated(samples: "pd.DataFrame | None") -> int | None:
+    """How many of a condition's prompts were cut from the left (None when the samples do not say)."""
+    if samples is None or "truncated" not in samples.columns:
+        return None
+    return int(samples["truncated"].astype(bool).sum())
+
+
+def _documents_digest(instances: Sequence[Any]) -> str:
+    """SHA-256 of exactly what is evaluated: every prompt, choice list and target, in order."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for inst in instances:
+        digest.update(json.dumps([inst.prompt, inst.choices, inst.target, inst.target_delimiter],
+                                 default=str).encode())
+    return digest.hexdigest()
 
 
 def sweep_conditions(
@@ -83,25 +119,28 @@ def sweep_conditions(
     *,
     progress: bool = True,
     desc: str = "conditions",
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Evaluate every condition not yet stored in ``run_dir`` (baseline first), storing each as it finishes.
 
     ``evaluate_condition(condition)`` returns ``(metrics, samples)``. Returns the ids evaluated
-    by this call; conditions already on disk are skipped, so re-running resumes.
+    by this call; conditions already on disk are skipped, so re-running resumes. ``extras``
+    adds fields to a condition's result row (the pre-screen's estimates).
     """
     conditions = _with_baseline(conditions)
-    todo = [c for c in conditions if not run_dir.done(condition_id(c))]
-    bar = _progress(len(conditions), len(conditions) - len(todo), desc, progress)
-    ran = []
-    try:
-        for cond in todo:
-            bar.set_postfix_str(condition_id(cond)[:40])
-            start = time.perf_counter()
-            metrics, samples = evaluate_condition(list(cond))
-            ran.append(_store(run_dir, cond, metrics, samples, time.perf_counter() - start))
-            bar.update(1)
-    finally:
-        bar.close()
+    with run_dir.writing():  # one writer at a time; a second process with the same settings waits here
+        todo = [c for c in conditions if not _done(run_dir, c)]
+        bar = _progress(len(conditions), len(conditions) - len(todo), desc, progress)
+        ran = []
+        try:
+            for cond in todo:
+                bar.set_postfix_str(condition_id(cond)[:40])
+                start = time.perf_counter()
+                metrics, samples = evaluate_condition(list(cond))
+                ran.append(_store(run_dir, cond, metrics, samples, time.perf_counter() - start, extras))
+                bar.update(1)
+        finally:
+            bar.close()
     return ran
 
 
@@ -128,6 +167,7 @@ def run_sweep(
     engine: bool = True,
     chunk: int = 8,
     executor: Executor | None = None,
+    prescreen: Any = None,
     **evaluate_options: Any,
 ) -> pd.DataFrame:
     """Evaluate ``task`` under the baseline and every condition; store, resume, and return ``load_results(out_dir)``.
@@ -143,10 +183,24 @@ def run_sweep(
     ``enable_thinking``, task options). ``model`` is a loaded model or a
     :class:`~depthprobe.model_spec.ModelSpec`: the manifest is then built from its config and
     weight files, and the executor's workers (or this process, by default) load it.
+
+    ``prescreen=depthprobe.Prescreen(top_k, random_k)`` attributes every condition first
+    (``depthprobe.attribute``) and exact-ablates only the ``top_k`` by ``estimate_abs`` plus a
+    random sample of the rest; their rows also hold ``estimate``, ``estimate_abs``, ``screen``
+    and the exact delta of the screen's metric, and ``df.attrs["prescreen"]`` reports top-k recall.
+    Nothing is written to ``out_dir`` before every argument has been checked.
     """
+    from depthprobe.data import record_reads
+    from depthprobe.evaluation.api import require_loaded_model, warn_truncated
     from depthprobe.results import RunDir, build_manifest, load_results
     from depthprobe.tasks import get_task
 
+    # Validate everything first: nothing is written to out_dir for a command that is refused.
+    if not isinstance(model, ModelSpec):
+        require_loaded_model(model, "run_sweep")
+    elif prescreen is not None:
+        raise ValueError("prescreen= needs a loaded model (attribution runs in this process); "
+                         "pass dp.load_model(...) instead of a ModelSpec, or drop prescreen=")
     data_dir = evaluate_options.pop("data_dir", None)
     max_gen_toks = evaluate_options.pop("max_gen_toks", None)
     chat_options = {k: evaluate_options.pop(k) for k in ("chat", "enable_thinking") if k in evaluate_options}
@@ -157,37 +211,67 @@ def run_sweep(
     dims = model.dims() if isinstance(model, ModelSpec) else model_dims(model)
     if isinstance(conditions_or_grid, str):
         reference = MeanReference.for_task(t.name, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir,
-                                           **task_options)
+                                           **task_options) if t.scorer == "depthprobe" else None
         conditions = parse_grid(dims, conditions_or_grid, reference=reference)
     else:
         conditions = conditions_or_grid
     conditions = _with_baseline(conditions)
     for cond in conditions:
         validate(dims, cond)
+    if max_gen_toks is not None and (isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int)
+                                     or max_gen_toks < 1):
+        raise ValueError(f"max_gen_toks must be a positive integer, got {max_gen_toks!r}")
+    with record_reads() as files_read:
+        instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
     shots = t.default_num_fewshot if num_fewshot is None else num_fewshot
     protocol = "loglikelihood" if t.output_type == "multiple_choice" else "generate_until"
     manifest = build_manifest(
         model, task=t.name, protocol=protocol, num_fewshot=shots, seed=task_options.get("seed"), limit=limit,
         task_options={**task_options, **chat_options},
         max_gen_toks=max_gen_toks if protocol == "generate_until" else None,
+        data={"files": dict(sorted(files_read.items())), "documents": _documents_digest(instances)},
+        data_dir=None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
     )
     run_dir = RunDir(out_dir, manifest)
     spec = SweepSpec(task if isinstance(task, str) else t, tuple(sorted(task_options.items())), limit, num_fewshot,
                      batch_size, None if data_dir is None else str(data_dir), max_gen_toks,
                      tuple(chat_options.items()))
-    todo = [c for c in conditions if not run_dir.done(condition_id(c))]
-    units = plan_units(todo, engine=engine and t.output_type == "multiple_choice", chunk=chunk)
-    bar = _progress(len(conditions), len(conditions) - len(todo), f"{t.name} sweep", progress)
+    extras: dict[str, dict[str, Any]] | None = None
+    ran: list[str] = []
+    with run_dir.writing():
+        if prescreen is not None:  # under the lock: prescreen.json belongs to this run directory's one writer
+            from depthprobe.attribution import screen_conditions
 
-    def on_result(result: ConditionResult) -> None:
-        _store(run_dir, result.condition, result.metrics, result.samples, result.wall_s)
-        bar.update(1)
+            conditions, extras = screen_conditions(model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
+                                                   num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
+            conditions = _with_baseline(conditions)
+        todo = [c for c in conditions if not _done(run_dir, c)]
+        use_engine = engine and t.output_type == "multiple_choice" and t.scorer == "depthprobe"
+        units = plan_units(todo, engine=use_engine, chunk=chunk)
+        bar = _progress(len(conditions), len(conditions) - len(todo), f"{t.name} sweep", progress)
 
-    executor = executor or InProcessExecutor()
-    if isinstance(model, ModelSpec) and units and isinstance(executor, InProcessExecutor):
-        model = model.load()  # described for the manifest; run here, so load it here
-    try:
-        executor.run(model, spec, units, on_result)
-    finally:
-        bar.close()
-    return load_results(out_dir)
+        def on_result(result: ConditionResult) -> None:
+            ran.append(_store(run_dir, result.condition, result.metrics, result.samples, result.wall_s, extras))
+            bar.update(1)
+
+        executor = executor or InProcessExecutor()
+        if isinstance(model, ModelSpec) and units and isinstance(executor, InProcessExecutor):
+            model = model.load()  # described for the manifest; run here, so load it here
+        try:
+            executor.run(model, spec, units, on_result)
+        finally:
+            bar.close()
+    df = load_results(out_dir)
+    df.attrs["computed"] = ran  # the conditions this call evaluated (the rest were on disk)
+    if "n_truncated" in df.columns and df["n_truncated"].notna().any():
+        warn_truncated(t.name, int(df["n_truncated"].max()), len(instances), model, stacklevel=2)
+    if prescreen is not None:
+        from depthprobe.attribution import prescreen_report
+
+        report = prescreen_report(df, prescreen, t.metric_names if protocol == "loglikelihood" else
+                                  [f"exact_match,{f.name}" for f in t.generation.filters])
+        df.attrs["prescreen"] = report
+        if progress:
+            tqdm.write(f"prescreen: measured {report['n_top']} top + {report['n_random']} random conditions; "
+                       f"top-{report['top_k']} recall {report['recall']:.2f} among them")
+    return df

@@ -1,5 +1,8 @@
 """Task registry: every evaluation task by name, each with lm-eval 0.4.13's prompt.
 
+Any other lm-eval task is available as ``"lm_eval:<name>"`` (lm-eval's own definition, see
+``tasks.lm_eval_task``).
+
 ``get_task("mmlu", subjects=["anatomy"])`` builds a task; ``list_tasks()`` names them all;
 ``register_task`` adds one (a ``Task`` subclass with a unique ``name``).
 """
@@ -12,6 +15,7 @@ from depthprobe.tasks.base import AnswerFilter, GenerationConfig, Instance, Task
 from depthprobe.tasks.gsm8k import GSM8K, GSM8KCoT
 from depthprobe.tasks.hellaswag import HellaSwag
 from depthprobe.tasks.kv_retrieval import KVRetrieval
+from depthprobe.tasks.lm_eval_task import LM_EVAL_PREFIX, LmEvalTask
 from depthprobe.tasks.mathqa import MathQA
 from depthprobe.tasks.mmlu import MMLU, MMLUContinuation, MMLUGenerative
 from depthprobe.tasks.openbookqa import OpenBookQA, OpenBookQAOpen
@@ -50,10 +54,12 @@ def get_task(name: str | Task, **options: Any) -> Task:
         if options:
             raise ValueError("task options can only be given with a task name, not a Task instance")
         return name
+    if isinstance(name, str) and name.startswith(LM_EVAL_PREFIX):
+        return LmEvalTask(name[len(LM_EVAL_PREFIX):], **options)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown task {name!r}; {hint}valid: {', '.join(list_tasks())}")
+        raise ValueError(f"unknown task {name!r}; {hint}valid: {', '.join(list_tasks())}, or lm_eval:<any lm-eval task>")
     try:
         return _REGISTRY[name](**options)
     except TypeError as err:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from depthprobe.data import DatasetRef, load_split
+from depthprobe.data import DataFormatError, DatasetRef, Record, load_split, record_source
 
 __all__ = ["AnswerFilter", "GenerationConfig", "Instance", "Task"]
 
@@ -78,6 +78,18 @@ class GenerationConfig:
     regexes_to_ignore: tuple[str, ...] = ()
 
 
+def check_counts(limit: Any, num_fewshot: Any) -> int:
+    """The one rule for ``limit`` (a positive integer or None) and shots (an integer >= 0); returns the shots."""
+    k = num_fewshot
+    if not isinstance(k, bool) and isinstance(k, int) and k < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {k}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"num_fewshot must be a whole number >= 0, got {k!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive integer number of documents, got {limit!r}")
+    return k
+
+
 class Task:
     """Base class: subclasses set the dataset and override the ``doc_to_*`` templates."""
 
@@ -92,6 +104,9 @@ class Task:
     generation: GenerationConfig | None = None
     #: Metrics reported for multiple-choice tasks (all are always computed per sample).
     metric_names: tuple[str, ...] = ("acc", "acc_norm", "acc_token_norm")
+    #: Who scores the task: "depthprobe" (its instances, through depthprobe's evaluator and
+    #: the sweep engine) or "lm_eval" (the task evaluates itself with ``run``: lm-eval tasks).
+    scorer: str = "depthprobe"
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -121,9 +136,31 @@ class Task:
     def process_docs(self, docs: list) -> list:
         return docs
 
+    def _process(self, docs: list) -> list:
+        """``process_docs``, with a record lacking a field named by file and line, and records rebuilt
+        one for one keeping where they were read from."""
+        try:
+            out = self.process_docs(docs)
+        except KeyError:
+            for doc in docs:  # find the record: only on the error path
+                try:
+                    self.process_docs([doc])
+                except KeyError:
+                    self._read(lambda d: self.process_docs([d]), doc, "document")
+                except Exception:  # noqa: BLE001 (another complaint about one record alone is not the error)
+                    continue
+            raise
+        if len(out) == len(docs):
+            for i, (new, old) in enumerate(zip(out, docs)):
+                source = record_source(old)
+                if source and isinstance(new, dict) and record_source(new) is None:
+                    out[i] = Record(new)
+                    out[i].source = source
+        return out
+
     def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
         assert self.dataset is not None
-        return self.process_docs(load_split(self.dataset, self.test_split, data_dir))
+        return self._process(load_split(self.dataset, self.test_split, data_dir))
 
     def fewshot_pool(self, doc: dict[str, Any], data_dir: str | os.PathLike[str] | None) -> Sequence:
         """The documents few-shot examples for ``doc`` are drawn from, in sampling order."""
@@ -131,7 +168,7 @@ class Task:
             return []
         assert self.dataset is not None
         if not hasattr(self, "_pool_cache"):
-            self._pool_cache = self.process_docs(load_split(self.dataset, self.fewshot_split, data_dir))
+            self._pool_cache = self._process(load_split(self.dataset, self.fewshot_split, data_dir))
         return self._pool_cache
 
     def fewshot_examples(
@@ -147,11 +184,28 @@ class Task:
 
     def build_prompt(self, doc: dict[str, Any], shots: Sequence) -> str:
         """lm-eval's plain-text ``fewshot_context``: description + shots + document text."""
-        parts = [self.description(doc)]
+        parts = [self._read(self.description, doc, "document")]
         for shot in shots:
-            parts.append(self.doc_to_text(shot) + self.target_delimiter + self.fewshot_answer(shot) + self.fewshot_delimiter)
-        parts.append(self.doc_to_text(doc))
+            parts.append(self._read(self.doc_to_text, shot, "few-shot example") + self.target_delimiter
+                         + self._read(self.fewshot_answer, shot, "few-shot example") + self.fewshot_delimiter)
+        parts.append(self._read(self.doc_to_text, doc, "document"))
         return "".join(parts)
+
+    def _read(self, fn: Any, doc: dict[str, Any], what: str, index: int | None = None) -> Any:
+        """``fn(doc)``, with a record that lacks a field or holds a wrong value named by file and line."""
+        try:
+            return fn(doc)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+            if isinstance(err, DataFormatError):
+                raise
+            where = record_source(doc) or (f"{what} {index}" if index is not None else what)
+            fields = ", ".join(sorted(map(str, doc))) if isinstance(doc, dict) else type(doc).__name__
+            if isinstance(err, KeyError):
+                problem = f"the record has no field {err.args[0]!r}"
+            else:
+                problem = f"a field holds a value the task cannot read ({type(err).__name__}: {err})"
+            raise DataFormatError(f"{where}: {problem}, which task {self.name!r} needs; "
+                                  f"the record has: {fields}") from None
 
     def instances(
         self,
@@ -161,11 +215,7 @@ class Task:
         data_dir: str | os.PathLike[str] | None = None,
     ) -> list[Instance]:
         """The first ``limit`` documents of the test split as ready-to-score instances."""
-        k = self.default_num_fewshot if num_fewshot is None else num_fewshot
-        if k < 0:
-            raise ValueError(f"num_fewshot must be >= 0, got {k}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be a positive number of documents, got {limit}")
+        k = check_counts(limit, self.default_num_fewshot if num_fewshot is None else num_fewshot)
         docs = self.test_docs(data_dir)
         if not docs:
             raise ValueError(f"task {self.name!r}: the dataset has no documents")
@@ -174,10 +224,10 @@ class Task:
         for i, doc in enumerate(docs):
             shots = self.fewshot_examples(doc, k, i, data_dir) if k else []
             prompt = self.build_prompt(doc, shots)
-            target = self.doc_to_target(doc)
+            target = self._read(self.doc_to_target, doc, "document", i)
             choices = None
             if self.output_type == "multiple_choice":
-                choices = tuple(self.doc_to_choice(doc))
+                choices = tuple(self._read(self.doc_to_choice, doc, "document", i))
                 if len(choices) < 2:
                     raise ValueError(
                         f"task {self.name!r} document {i} has {len(choices)} choice(s); multiple choice needs at least 2"
