@@ -38,6 +38,10 @@ class SweepSpec:
     data_dir: str | None = None
     max_gen_toks: int | None = None
     chat_options: tuple[tuple[str, Any], ...] = ()
+    #: generation conditions whose every intervention has an exact weight edit decode hook-free
+    hook_free: bool = True
+    #: attention of the hook-free decoder (None: the bridge's own, token-identical to the hooks)
+    attn_implementation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,19 @@ class UnitRunner:
             kwargs["max_gen_toks"] = s.max_gen_toks
         kwargs.update(dict(s.chat_options))
         start = time.perf_counter()
-        with ablate(self.model, *condition):
-            result = evaluate(self.model, self.task, **kwargs)
-        return ConditionResult(condition, result.metrics, result.samples, time.perf_counter() - start)
+        decoder = None
+        if self.task.output_type == "generate_until":
+            from depthprobe.evaluation.fast_decode import decoder_for
+
+            decoder = decoder_for(condition, hook_free=s.hook_free, attn_implementation=s.attn_implementation)
+        if decoder is not None:  # exact weight edits on the plain model: no hooks to apply
+            result = evaluate(self.model, self.task, decoder=decoder, **kwargs)
+        else:
+            with ablate(self.model, *condition):
+                result = evaluate(self.model, self.task, **kwargs)
+        return ConditionResult(condition, result.metrics, result.samples, time.perf_counter() - start,
+                               {"decoder": "hook_free" if decoder is not None else "hooks"}
+                               if self.task.output_type == "generate_until" else {})
 
 
 class InProcessExecutor:

@@ -104,6 +104,17 @@ def sweep_conditions(
     return ran
 
 
+def _attn_implementation(model: torch.nn.Module, protocol: str, hook_free: bool, requested: str | None) -> str | None:
+    """The attention implementation the run computes with (eager and SDPA round differently)."""
+    from depthprobe.adapter import model_identity
+
+    if requested is not None and not (hook_free and protocol == "generate_until"):
+        raise ValueError("attn_implementation applies to the hook-free decoder of generation sweeps; "
+                         "pass it with hook_free=True on a generation task, or leave it None")
+    own = model_identity(model).get("attn_implementation")
+    return own if requested is None else f"{own} (hooks), {requested} (hook-free decoding)"
+
+
 def plan_units(conditions: Sequence[Condition], *, engine: bool, chunk: int) -> list[WorkUnit]:
     """Consecutive groups of ``chunk`` conditions scored together (engine), or one unit per condition."""
     if chunk < 1:
@@ -127,6 +138,8 @@ def run_sweep(
     engine: bool = True,
     chunk: int = 8,
     executor: Executor | None = None,
+    hook_free: bool = True,
+    attn_implementation: str | None = None,
     **evaluate_options: Any,
 ) -> pd.DataFrame:
     """Evaluate ``task`` under the baseline and every condition; store, resume, and return ``load_results(out_dir)``.
@@ -140,6 +153,11 @@ def run_sweep(
     ``ablate`` per condition. ``executor`` runs the planned units (default: in this process).
     ``evaluate_options`` go to ``evaluate`` (``data_dir``, ``max_gen_toks``, ``chat``,
     ``enable_thinking``, task options).
+
+    Generation conditions whose every intervention has an exact weight edit decode on the plain
+    Hugging Face model with edited weights (:mod:`~depthprobe.evaluation.fast_decode`;
+    token-identical to the hooks), unless ``hook_free=False``; ``attn_implementation``
+    (``"sdpa"``) changes that decoder's attention and is recorded in the manifest.
     """
     from depthprobe.results import RunDir, build_manifest, load_results
     from depthprobe.tasks import get_task
@@ -165,11 +183,12 @@ def run_sweep(
         model, task=t.name, protocol=protocol, num_fewshot=shots, seed=task_options.get("seed"), limit=limit,
         task_options={**task_options, **chat_options},
         max_gen_toks=max_gen_toks if protocol == "generate_until" else None,
+        attn_implementation=_attn_implementation(model, protocol, hook_free, attn_implementation),
     )
     run_dir = RunDir(out_dir, manifest)
     spec = SweepSpec(task if isinstance(task, str) else t, tuple(sorted(task_options.items())), limit, num_fewshot,
                      batch_size, None if data_dir is None else str(data_dir), max_gen_toks,
-                     tuple(chat_options.items()))
+                     tuple(chat_options.items()), hook_free, attn_implementation)
     todo = [c for c in conditions if not run_dir.done(condition_id(c))]
     units = plan_units(todo, engine=engine and t.output_type == "multiple_choice", chunk=chunk)
     bar = _progress(len(conditions), len(conditions) - len(todo), f"{t.name} sweep", progress)
