@@ -100,7 +100,7 @@ class UnitRunner:
 
     def _engine(self, unit: WorkUnit) -> list[ConditionResult]:
         from depthprobe.evaluation.api import choice_result
-        from depthprobe.sweep.engine import score_conditions
+        from depthprobe.sweep.mc_engine import score_conditions_reuse
 
         s, t = self.spec, self.task
         shots = t.default_num_fewshot if s.num_fewshot is None else s.num_fewshot
@@ -109,7 +109,7 @@ class UnitRunner:
         instances = self.instances
         requests = [(i.prompt, i.continuations) for i in instances]
         start = time.perf_counter()
-        scores = score_conditions(self.model, requests, list(unit.conditions), batch_size=s.batch_size)
+        scores = score_conditions_reuse(self.model, requests, list(unit.conditions), batch_size=s.batch_size)
         wall = time.perf_counter() - start
         out = []
         for k, cond in enumerate(unit.conditions):
