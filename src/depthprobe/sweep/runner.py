@@ -136,7 +136,7 @@ def run_sweep(
     num_fewshot: int | None = None,
     progress: bool = True,
     engine: bool = True,
-    chunk: int = 8,
+    chunk: int | None = None,
     executor: Executor | None = None,
     hook_free: bool = True,
     attn_implementation: str | None = None,
@@ -148,7 +148,8 @@ def run_sweep(
     ``"mean_heads:12"`` with the task's own documents as the reference; see
     :func:`~depthprobe.sweep.grids.parse_grid`). Multiple-choice tasks go through the engine
     (:func:`~depthprobe.sweep.engine.score_conditions`: the unablated prefix computed once per
-    batch, ``chunk`` conditions at a time, so a killed sweep loses at most one chunk);
+    batch, ``chunk`` conditions at a time (default: all of them, so the prefix is computed once per
+    batch for the whole grid; a killed sweep loses the chunk in flight: pass ``chunk`` to bound it);
     generation tasks, and every task with ``engine=False``, run ``depthprobe.evaluate`` under
     ``ablate`` per condition. ``executor`` runs the planned units (default: in this process).
     ``evaluate_options`` go to ``evaluate`` (``data_dir``, ``max_gen_toks``, ``chat``,
@@ -190,7 +191,8 @@ def run_sweep(
                      batch_size, None if data_dir is None else str(data_dir), max_gen_toks,
                      tuple(chat_options.items()), hook_free, attn_implementation)
     todo = [c for c in conditions if not run_dir.done(condition_id(c))]
-    units = plan_units(todo, engine=engine and t.output_type == "multiple_choice", chunk=chunk)
+    units = plan_units(todo, engine=engine and t.output_type == "multiple_choice",
+                       chunk=max(1, len(todo)) if chunk is None else chunk)
     bar = _progress(len(conditions), len(conditions) - len(todo), f"{t.name} sweep", progress)
 
     def on_result(result: ConditionResult) -> None:
