@@ -222,3 +222,17 @@ def test_run_sweep_selects_hook_free_and_matches_hooks(tmp_path: Path, monkeypat
     with pytest.raises(ValueError, match="attn_implementation applies to the hook-free decoder"):
         dp.run_sweep(model, "organism_knowledge", "layers", out_dir=tmp_path / "mc", attn_implementation="sdpa",
                      limit=2, progress=False)
+
+
+def test_progress_reports_documents_and_tokens_per_second() -> None:
+    import pandas as pd
+
+    from depthprobe.sweep.runner import _Throughput
+
+    rate = _Throughput()
+    rate.start -= 2.0  # two seconds ago
+    text = rate.add(pd.DataFrame({"n_generated_tokens": [10, 30]}))
+    docs, tokens = text.split(", ")
+    assert docs.endswith(" docs/s") and 0.9 < float(docs.split()[0]) <= 1.0
+    assert tokens.endswith(" tok/s") and 19 <= float(tokens.split()[0]) <= 20
+    assert _Throughput().add(pd.DataFrame({"prediction": [1, 2]})).endswith("docs/s")  # multiple choice: no tokens

@@ -67,6 +67,27 @@ def _progress(total: int, done: int, desc: str, progress: bool) -> Any:
     return tqdm(total=total, initial=done, desc=desc, unit="cond", disable=not progress, dynamic_ncols=True)
 
 
+class _Throughput:
+    """Documents (and generated tokens) per second since the sweep started, for the progress bar;
+    tqdm itself shows conditions done, conditions per second and the ETA."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.docs = 0
+        self.tokens = 0
+
+    def add(self, samples: pd.DataFrame | None) -> str:
+        if samples is not None:
+            self.docs += len(samples)
+            if "n_generated_tokens" in samples:
+                self.tokens += int(samples["n_generated_tokens"].sum())
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        text = f"{self.docs / elapsed:.1f} docs/s"
+        if self.tokens:
+            text += f", {self.tokens / elapsed:.0f} tok/s"
+        return text
+
+
 def _store(run_dir: "RunDir", condition: Condition, metrics: Mapping[str, float], samples: pd.DataFrame | None,
            wall_s: float) -> str:
     cid = condition_id(condition)
@@ -195,8 +216,11 @@ def run_sweep(
                        chunk=max(1, len(todo)) if chunk is None else chunk)
     bar = _progress(len(conditions), len(conditions) - len(todo), f"{t.name} sweep", progress)
 
+    rate = _Throughput()
+
     def on_result(result: ConditionResult) -> None:
         _store(run_dir, result.condition, result.metrics, result.samples, result.wall_s)
+        bar.set_postfix_str(rate.add(result.samples), refresh=False)
         bar.update(1)
 
     try:
