@@ -9,6 +9,8 @@ the token budget must cover the reasoning, so it is an explicit parameter.
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformer_lens.model_bridge import TransformerBridge
 
 from depthprobe.evaluation.generation import Generation, generate_until
@@ -49,6 +51,7 @@ def generate_chat(
     max_gen_toks: int,
     batch_size: int = 8,
     system: str | None = None,
+    decoder: Any = None,
 ) -> list[Generation]:
     """Greedy answers to chat-formatted prompts; with thinking on, stops and text apply after ``</think>``.
 
@@ -71,4 +74,5 @@ def generate_chat(
         max_gen_toks=max_gen_toks,
         batch_size=batch_size,
         think_end_token=THINK_END if enable_thinking else None,
+        decoder=decoder,
     )

@@ -67,6 +67,7 @@ def evaluate(
     max_gen_toks: int | None = None,
     chat: bool = False,
     enable_thinking: bool | None = None,
+    decoder: Any = None,
     **task_options: Any,
 ) -> EvalResult:
     """Evaluate ``model`` (a ``TransformerBridge``) on ``task`` and return an ``EvalResult``.
@@ -79,6 +80,9 @@ def evaluate(
     ``chat=True`` renders each generation prompt as one user turn of the tokenizer's chat
     template; ``enable_thinking`` switches Qwen3's reasoning on or off, and with it on the
     answer is extracted after ``</think>`` and ``max_gen_toks`` is the whole budget.
+
+    ``decoder`` decodes generation tasks (default: through the hooks;
+    ``depthprobe.evaluation.fast_decode.decoder_for(condition)`` runs a condition hook-free).
     """
     if (chat or enable_thinking is not None) and get_task(task, **task_options).output_type != "generate_until":
         raise ValueError("chat=/enable_thinking= apply to generation tasks only; log-likelihood tasks score plain prompts")
@@ -103,7 +107,7 @@ def evaluate(
         result = _evaluate_choices(model, t, instances, batch_size, config)
     else:
         result = _evaluate_generation(model, t, instances, batch_size, max_gen_toks, config,
-                                      chat=chat, enable_thinking=enable_thinking)
+                                      chat=chat, enable_thinking=enable_thinking, decoder=decoder)
     result.stats["wall_s"] = time.perf_counter() - start
     n_cut = result.stats.get("n_truncated", result.stats.get("n_prompt_truncated", 0))
     warn_truncated(t.name, int(n_cut or 0), len(instances), model)
@@ -174,7 +178,8 @@ def _shared_prefix(prompts: list[str], delimiter: str) -> str:
 
 
 def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_toks: int | None, config,
-                         *, chat: bool = False, enable_thinking: bool | None = None) -> EvalResult:
+                         *, chat: bool = False, enable_thinking: bool | None = None,
+                         decoder: Any = None) -> EvalResult:
     try:
         from depthprobe.evaluation.generation import generate_until
     except ImportError as err:
@@ -192,12 +197,12 @@ def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_
 
         prefix = ""
         outputs = generate_chat(model, prompts, until=list(gen.until), enable_thinking=enable_thinking,
-                                max_gen_toks=budget, batch_size=batch_size)
+                                max_gen_toks=budget, batch_size=batch_size, decoder=decoder)
     else:
         prefix = _shared_prefix(prompts, task.fewshot_delimiter)
         outputs = generate_until(
             model, [p[len(prefix):] for p in prompts], until=list(gen.until), max_gen_toks=budget,
-            batch_size=batch_size, prefix=prefix or None,
+            batch_size=batch_size, prefix=prefix or None, decoder=decoder,
         )
     rows = []
     for inst, out in zip(instances, outputs):

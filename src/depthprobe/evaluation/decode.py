@@ -21,7 +21,7 @@ from transformers import DynamicCache
 from depthprobe import adapter
 from depthprobe.evaluation.stops import StopPolicy
 
-__all__ = ["Decoded", "Decoder", "HookedDecoder", "prefix_cache"]
+__all__ = ["Decoded", "Decoder", "HookedDecoder", "LoopDecoder", "prefix_cache"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,16 @@ def prefix_cache(model: Any, prefix_ids: list[int], device: Any) -> DynamicCache
     return cache
 
 
-class HookedDecoder:
-    """KV-cached greedy decoding through the hooked model (every token a bridge forward)."""
+class LoopDecoder:
+    """KV-cached greedy decoding of a left-padded batch, one forward per token; subclasses give the forward.
+
+    Reproduces Hugging Face ``generate(do_sample=False)`` token for token (left padding,
+    mask-derived position ids, ``DynamicCache``). :meth:`step` returns the last position's
+    logits ``[batch, vocab]`` of one forward that appends to ``cache``.
+    """
+
+    def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        raise NotImplementedError
 
     def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
                  policy: StopPolicy, past_key_values: Any = None) -> Decoded:
@@ -96,7 +104,7 @@ class HookedDecoder:
         out: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
         for _ in range(max_new_tokens):
-            logits = _forward_last_logits(model, step_ids, mask, step_pos, cache)
+            logits = self.step(model, step_ids, mask, step_pos, cache)
             next_ids = logits.float().argmax(dim=-1).tolist()
             for row, tok in enumerate(next_ids):
                 if done[row]:
@@ -110,3 +118,10 @@ class HookedDecoder:
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             step_pos = step_pos[:, -1:] + 1
         return Decoded(out, list(done))
+
+
+class HookedDecoder(LoopDecoder):
+    """KV-cached greedy decoding through the hooked model (every token a bridge forward)."""
+
+    def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        return _forward_last_logits(model, ids, mask, positions, cache)

@@ -69,6 +69,7 @@ def greedy_generate(
     stop: Sequence[str] | None = None,
     past_key_values: DynamicCache | None = None,
     pad_token_id: int | None = None,
+    decoder: Decoder | None = None,
 ) -> NewTokenIds:
     """Greedy continuation of a left-padded batch with KV cache; hooks fire at every step.
 
@@ -79,9 +80,10 @@ def greedy_generate(
     every row has ended.
     ``past_key_values`` is a prefix cache (batch 1 or batch; it is copied, never mutated);
     ``attention_mask`` then covers either the new tokens only or cache + new tokens.
+    ``decoder`` runs the decoding (default :class:`~depthprobe.evaluation.decode.HookedDecoder`).
     """
     policy = StopPolicy(frozenset(adapter.as_id_set(eos_token_id)), tuple(stop or ()), None, model.tokenizer)
-    decoded = HookedDecoder()(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, policy=policy,
+    decoded = (decoder or HookedDecoder())(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, policy=policy,
                               past_key_values=past_key_values)
     if pad_token_id is None:
         pad_token_id = adapter.pad_token_id(model.tokenizer) if model.tokenizer is not None else 0
@@ -187,7 +189,9 @@ def generate_until(
     device = model.cfg.device
     req = prepare_requests(tokenizer, prompts, max_ctx=max_ctx, batch_size=batch_size, prefix=prefix,
                            add_special_tokens=add_special_tokens)
-    cache = prefix_cache(model, req.prefix_ids, device) if req.prefix_ids is not None else None
+    # a decoder that runs another forward (the hook-free path) builds the prefix cache its own way
+    build_prefix = getattr(decode, "prefix_cache", prefix_cache)
+    cache = build_prefix(model, req.prefix_ids, device) if req.prefix_ids is not None else None
 
     results: list[Generation | None] = [None] * len(prompts)
     for batch, use_prefix in req.jobs:

@@ -55,6 +55,7 @@ from depthprobe.interventions.hooks import (
 )
 from depthprobe.interventions.hooks import partial as _partial
 from depthprobe.interventions.mean import MeanHead, MeanReference, head_means, mean_head
+from depthprobe.interventions.weights import WeightEditor, edited_model, hook_free_allowed, plain_model
 from depthprobe.interventions.o_proj import (
     OProjSource,
     PatchOProj,
@@ -67,6 +68,7 @@ from depthprobe.interventions.o_proj import (
 
 __all__ = [
     "Bound",
+    "WeightEditor",
     "HookFn",
     "INTERVENTION_TYPES",
     "Intervention",
@@ -83,7 +85,9 @@ __all__ = [
     "ablate",
     "bind_all",
     "collect_hooks",
+    "edited_model",
     "head_means",
+    "hook_free_allowed",
     "load_o_proj_weights",
     "mean_head",
     "model_cache",
@@ -92,6 +96,7 @@ __all__ = [
     "o_proj_reverse",
     "order_hooks",
     "patch_o_proj",
+    "plain_model",
     "register",
     "replace_o_proj",
     "set_heads",

@@ -44,6 +44,10 @@ class SkipLayer(Intervention):
     kind = "skip"
     identity_block = True
     weight_edit = "delete the decoder layer"
+    exact_weight_edit = True
+
+    def edit_weights(self, editor: Any) -> None:
+        editor.drop_layer(self.layer)
 
     def _make_hooks(self, model: Any, dims: Any) -> Bound:
         return Bound(self, ((_attn_out(self.layer), zero_output), (_mlp_out(self.layer), zero_output)))
@@ -56,6 +60,10 @@ class SkipAttn(Intervention):
 
     kind = "skip_attn"
     weight_edit = "zero o_proj"
+    exact_weight_edit = True
+
+    def edit_weights(self, editor: Any) -> None:
+        editor.zero(self.layer, "self_attn.o_proj")
 
     def _make_hooks(self, model: Any, dims: Any) -> Bound:
         return Bound(self, ((_attn_out(self.layer), zero_output),))
@@ -68,6 +76,10 @@ class SkipMLP(Intervention):
 
     kind = "skip_mlp"
     weight_edit = "zero down_proj"
+    exact_weight_edit = True
+
+    def edit_weights(self, editor: Any) -> None:
+        editor.zero(self.layer, "mlp.down_proj")
 
     def touched_heads(self, dims: ModelDims) -> tuple[int, ...]:
         return ()
@@ -86,6 +98,11 @@ class ZeroHead(Intervention):
     unit = "head"
     grid = "heads"
     weight_edit = "zero the o_proj columns of the head"
+    exact_weight_edit = True
+
+    def edit_weights(self, editor: Any) -> None:
+        d = editor.dims.d_head
+        editor.zero_columns(self.layer, "self_attn.o_proj", self.head * d, (self.head + 1) * d)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -116,6 +133,12 @@ class ZeroKVGroup(Intervention):
     unit = "group"
     grid = "groups"
     weight_edit = "zero the o_proj columns of every query head reading the KV head"
+    exact_weight_edit = True
+
+    def edit_weights(self, editor: Any) -> None:
+        # zeroed values make every head of the group output exactly zero, as the hook does
+        d = editor.dims.d_head
+        editor.zero_rows(self.layer, "self_attn.v_proj", self.group * d, (self.group + 1) * d)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +175,15 @@ class ZeroHeadWeights(Intervention):
     grid = "head_weights"
     binds_to_model = True
     weight_edit = "zero q_proj rows of the head, k_proj and v_proj rows of its KV head, o_proj columns of the head"
+    exact_weight_edit = True
+
+    def edit_weights(self, editor: Any) -> None:
+        d, h = editor.dims.d_head, self.head
+        g = h // editor.dims.group_size
+        editor.zero_rows(self.layer, "self_attn.q_proj", h * d, (h + 1) * d)
+        editor.zero_rows(self.layer, "self_attn.k_proj", g * d, (g + 1) * d)
+        editor.zero_rows(self.layer, "self_attn.v_proj", g * d, (g + 1) * d)
+        editor.zero_columns(self.layer, "self_attn.o_proj", h * d, (h + 1) * d)
 
     def __post_init__(self) -> None:
         super().__post_init__()

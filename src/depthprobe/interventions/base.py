@@ -86,6 +86,12 @@ class Intervention:
     - ``unit``: ``"head"`` or ``"group"`` when the type ablates one head or one GQA group
       per value (its per-layer grid then has one condition per unit), else None.
     - ``grid``: the name of that per-layer grid in ``parse_grid`` (``heads:L``), or None.
+    - ``exact_weight_edit``: ``weight_edit`` holds bit for bit (the edit only zeroes what the hook
+      zeroes, removes an identity layer, or puts in the very tensor the hook multiplies by), and
+      :meth:`edit_weights` implements it; the hook-free decoder
+      (:mod:`depthprobe.evaluation.fast_decode`) then runs the plain Hugging Face model instead.
+    - ``edit_phase``: order of weight edits within one condition, as the hooks compose:
+      replacing a tensor (0, the o_proj patch) before zeroing parts of it (1).
     """
 
     layer: int
@@ -97,6 +103,8 @@ class Intervention:
     binds_to_model: ClassVar[bool] = False
     unit: ClassVar[Literal["head", "group"] | None] = None
     grid: ClassVar[str | None] = None
+    exact_weight_edit: ClassVar[bool] = False
+    edit_phase: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         check_index("layer", self.layer)
@@ -152,6 +160,10 @@ class Intervention:
 
     def _make_hooks(self, model: torch.nn.Module | None, dims: ModelDims | None) -> Bound:
         raise NotImplementedError
+
+    def edit_weights(self, editor: Any) -> None:
+        """Apply the exact weight edit through a :class:`~depthprobe.interventions.weights.WeightEditor`."""
+        raise ValueError(f"{self.id} has no exact weight edit (exact_weight_edit is False); run it through hooks")
 
     @classmethod
     def grid_condition(cls, layer: int, index: int, context: dict[str, Any]) -> "Intervention":

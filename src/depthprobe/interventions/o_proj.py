@@ -201,6 +201,13 @@ class PatchOProj(Intervention):
     stateful = True
     binds_to_model = True
     weight_edit = "o_proj := W + alpha (W_src - W) on the patched heads' columns"
+    exact_weight_edit = True
+    edit_phase = 0  # the hook multiplies the already edited z by the patched weight: replace first, zero after
+
+    def edit_weights(self, editor: Any) -> None:
+        model, dims = editor.model, editor.dims
+        weight = model_cache(model, ("o_proj", self), lambda: self.patched_weight(model, dims))
+        editor.set(self.layer, "self_attn.o_proj", weight)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -4,6 +4,7 @@ unablated computation (:mod:`.engine`), and the runner with its executors (:mod:
 
 from depthprobe.adapter import tail_only as _tail_only_fn
 from depthprobe.sweep.engine import condition_logits, iter_condition_logits, plan_tails, score_conditions
+from depthprobe.sweep.mc_engine import score_conditions_reuse
 from depthprobe.sweep.executor import (
     ConditionResult,
     Executor,
@@ -66,6 +67,7 @@ __all__ = [
     "run_sweep",
     "score_conditions",
     "condition_digest",
+    "score_conditions_reuse",
     "sweep_conditions",
     "unit_grid",
 ]

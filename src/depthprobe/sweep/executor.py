@@ -39,6 +39,10 @@ class SweepSpec:
     data_dir: str | None = None
     max_gen_toks: int | None = None
     chat_options: tuple[tuple[str, Any], ...] = ()
+    #: generation conditions whose every intervention has an exact weight edit decode hook-free
+    hook_free: bool = True
+    #: attention of the hook-free decoder (None: the bridge's own, token-identical to the hooks)
+    attn_implementation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class UnitRunner:
 
     def _engine(self, unit: WorkUnit) -> list[ConditionResult]:
         from depthprobe.evaluation.api import choice_result
-        from depthprobe.sweep.engine import score_conditions
+        from depthprobe.sweep.mc_engine import score_conditions_reuse
 
         s, t = self.spec, self.task
         shots = t.default_num_fewshot if s.num_fewshot is None else s.num_fewshot
@@ -106,7 +110,7 @@ class UnitRunner:
         instances = self.instances
         requests = [(i.prompt, i.continuations) for i in instances]
         start = time.perf_counter()
-        scores = score_conditions(self.model, requests, list(unit.conditions), batch_size=s.batch_size)
+        scores = score_conditions_reuse(self.model, requests, list(unit.conditions), batch_size=s.batch_size)
         wall = time.perf_counter() - start
         out = []
         for k, cond in enumerate(unit.conditions):
@@ -126,10 +130,21 @@ class UnitRunner:
         from depthprobe.evaluation.api import TruncationWarning
 
         start = time.perf_counter()
-        with ablate(self.model, *condition), warnings.catch_warnings():
+        decoder = None
+        if self.task.output_type == "generate_until":
+            from depthprobe.evaluation.fast_decode import decoder_for
+
+            decoder = decoder_for(condition, hook_free=s.hook_free, attn_implementation=s.attn_implementation)
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=TruncationWarning)  # the runner says it once, not per condition
-            result = evaluate(self.model, self.task, **kwargs)
-        return ConditionResult(condition, result.metrics, result.samples, time.perf_counter() - start)
+            if decoder is not None:  # exact weight edits on the plain model: no hooks to apply
+                result = evaluate(self.model, self.task, decoder=decoder, **kwargs)
+            else:
+                with ablate(self.model, *condition):
+                    result = evaluate(self.model, self.task, **kwargs)
+        return ConditionResult(condition, result.metrics, result.samples, time.perf_counter() - start,
+                               {"decoder": "hook_free" if decoder is not None else "hooks"}
+                               if self.task.output_type == "generate_until" else {})
 
 
 class InProcessExecutor:

@@ -84,6 +84,27 @@ def _progress(total: int, done: int, desc: str, progress: bool) -> Any:
     return tqdm(total=total, initial=done, desc=desc, unit="cond", disable=not progress, dynamic_ncols=True)
 
 
+class _Throughput:
+    """Documents (and generated tokens) per second since the sweep started, for the progress bar;
+    tqdm itself shows conditions done, conditions per second and the ETA."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.docs = 0
+        self.tokens = 0
+
+    def add(self, samples: pd.DataFrame | None) -> str:
+        if samples is not None:
+            self.docs += len(samples)
+            if "n_generated_tokens" in samples:
+                self.tokens += int(samples["n_generated_tokens"].sum())
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        text = f"{self.docs / elapsed:.1f} docs/s"
+        if self.tokens:
+            text += f", {self.tokens / elapsed:.0f} tok/s"
+        return text
+
+
 def _store(run_dir: "RunDir", condition: Condition, metrics: Mapping[str, float], samples: pd.DataFrame | None,
            wall_s: float, extras: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     cid = condition_id(condition)
@@ -144,6 +165,17 @@ def sweep_conditions(
     return ran
 
 
+def _attn_implementation(model: torch.nn.Module, protocol: str, hook_free: bool, requested: str | None) -> str | None:
+    """The attention implementation the run computes with (eager and SDPA round differently)."""
+    from depthprobe.adapter import model_identity
+
+    if requested is not None and not (hook_free and protocol == "generate_until"):
+        raise ValueError("attn_implementation applies to the hook-free decoder of generation sweeps; "
+                         "pass it with hook_free=True on a generation task, or leave it None")
+    own = model_identity(model).get("attn_implementation")
+    return own if requested is None else f"{own} (hooks), {requested} (hook-free decoding)"
+
+
 def plan_units(conditions: Sequence[Condition], *, engine: bool, chunk: int) -> list[WorkUnit]:
     """Consecutive groups of ``chunk`` conditions scored together (engine), or one unit per condition."""
     if chunk < 1:
@@ -165,9 +197,11 @@ def run_sweep(
     num_fewshot: int | None = None,
     progress: bool = True,
     engine: bool = True,
-    chunk: int = 8,
+    chunk: int | None = None,
     executor: Executor | None = None,
     prescreen: Any = None,
+    hook_free: bool = True,
+    attn_implementation: str | None = None,
     **evaluate_options: Any,
 ) -> pd.DataFrame:
     """Evaluate ``task`` under the baseline and every condition; store, resume, and return ``load_results(out_dir)``.
@@ -176,7 +210,8 @@ def run_sweep(
     ``"mean_heads:12"`` with the task's own documents as the reference; see
     :func:`~depthprobe.sweep.grids.parse_grid`). Multiple-choice tasks go through the engine
     (:func:`~depthprobe.sweep.engine.score_conditions`: the unablated prefix computed once per
-    batch, ``chunk`` conditions at a time, so a killed sweep loses at most one chunk);
+    batch, ``chunk`` conditions at a time (default: all of them, so the prefix is computed once per
+    batch for the whole grid; a killed sweep loses the chunk in flight: pass ``chunk`` to bound it);
     generation tasks, and every task with ``engine=False``, run ``depthprobe.evaluate`` under
     ``ablate`` per condition. ``executor`` runs the planned units (default: in this process).
     ``evaluate_options`` go to ``evaluate`` (``data_dir``, ``max_gen_toks``, ``chat``,
@@ -189,6 +224,11 @@ def run_sweep(
     random sample of the rest; their rows also hold ``estimate``, ``estimate_abs``, ``screen``
     and the exact delta of the screen's metric, and ``df.attrs["prescreen"]`` reports top-k recall.
     Nothing is written to ``out_dir`` before every argument has been checked.
+
+    Generation conditions whose every intervention has an exact weight edit decode on the plain
+    Hugging Face model with edited weights (:mod:`~depthprobe.evaluation.fast_decode`;
+    token-identical to the hooks), unless ``hook_free=False``; ``attn_implementation``
+    (``"sdpa"``) changes that decoder's attention and is recorded in the manifest.
     """
     from depthprobe.data import record_reads
     from depthprobe.evaluation.api import require_loaded_model, warn_truncated
@@ -231,11 +271,12 @@ def run_sweep(
         max_gen_toks=max_gen_toks if protocol == "generate_until" else None,
         data={"files": dict(sorted(files_read.items())), "documents": _documents_digest(instances)},
         data_dir=None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
+        attn_implementation=_attn_implementation(model, protocol, hook_free, attn_implementation),
     )
     run_dir = RunDir(out_dir, manifest)
     spec = SweepSpec(task if isinstance(task, str) else t, tuple(sorted(task_options.items())), limit, num_fewshot,
                      batch_size, None if data_dir is None else str(data_dir), max_gen_toks,
-                     tuple(chat_options.items()))
+                     tuple(chat_options.items()), hook_free, attn_implementation)
     extras: dict[str, dict[str, Any]] | None = None
     ran: list[str] = []
     with run_dir.writing():
@@ -247,14 +288,18 @@ def run_sweep(
             conditions = _with_baseline(conditions)
         todo = [c for c in conditions if not _done(run_dir, c)]
         use_engine = engine and t.output_type == "multiple_choice" and t.scorer == "depthprobe"
+        executor = executor or InProcessExecutor()
+        if chunk is None:  # in-process: one engine pass over the whole grid; remote workers: chunks to share out
+            chunk = max(1, len(todo)) if isinstance(executor, InProcessExecutor) else 8
         units = plan_units(todo, engine=use_engine, chunk=chunk)
         bar = _progress(len(conditions), len(conditions) - len(todo), f"{t.name} sweep", progress)
+        rate = _Throughput()
 
         def on_result(result: ConditionResult) -> None:
             ran.append(_store(run_dir, result.condition, result.metrics, result.samples, result.wall_s, extras))
+            bar.set_postfix_str(rate.add(result.samples), refresh=False)
             bar.update(1)
 
-        executor = executor or InProcessExecutor()
         if isinstance(model, ModelSpec) and units and isinstance(executor, InProcessExecutor):
             model = model.load()  # described for the manifest; run here, so load it here
         try:
