@@ -165,7 +165,7 @@ def sweep_conditions(
     return ran
 
 
-def _attn_implementation(model: torch.nn.Module, protocol: str, hook_free: bool, requested: str | None) -> str | None:
+def _attn_implementation(model: Any, protocol: str, hook_free: bool, requested: str | None) -> str | None:
     """The attention implementation the run computes with (eager and SDPA round differently)."""
     from depthprobe.adapter import model_identity
 
