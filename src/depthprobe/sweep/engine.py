@@ -21,7 +21,7 @@ from torch import Tensor
 from depthprobe import adapter
 from depthprobe.interventions import bind_all, order_hooks, validate
 from depthprobe.models import model_dims
-from depthprobe.sweep.grids import BASELINE, Condition, condition_id
+from depthprobe.sweep.grids import BASELINE, Condition, condition_id, unique_ids
 from depthprobe.types import TokenMask, Tokens
 
 __all__ = ["condition_logits", "iter_condition_logits", "plan_tails", "score_conditions"]
@@ -142,10 +142,7 @@ def condition_logits(
     max_rows: int | None = None,
 ) -> dict[str, Tensor]:
     """Logits ``[batch, pos, vocab]`` of every condition (in input order), reusing the unablated computation; see :func:`iter_condition_logits`."""
-    ids = [condition_id(c) for c in conditions]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate conditions: {', '.join(dup)}; each condition must be unique")
+    ids = unique_ids(conditions)
     out = dict(iter_condition_logits(model, input_ids, attention_mask, conditions, max_rows=max_rows))
     return {i: out[i] for i in ids}
 

@@ -27,7 +27,7 @@ from depthprobe.evaluation.tokenize import left_pad
 from depthprobe.interventions import ablate, bind_all, order_hooks, validate
 from depthprobe.models import model_dims
 from depthprobe.sweep.engine import _chunks, _row_hook
-from depthprobe.sweep.grids import Condition, condition_id
+from depthprobe.sweep.grids import Condition, condition_id, unique_ids
 
 __all__ = ["generate_conditions"]
 
@@ -63,10 +63,7 @@ def generate_conditions(
         raise ValueError(f"until must be a list of strings, got {until!r}")
     if batch_size < 1 or max_gen_toks < 1:
         raise ValueError(f"batch_size and max_gen_toks must be >= 1, got {batch_size} and {max_gen_toks}")
-    ids = [condition_id(c) for c in conditions]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate conditions: {', '.join(dup)}; each condition must be unique")
+    ids = unique_ids(conditions)
     dims = model_dims(model)
     for cond in conditions:
         validate(dims, list(cond))

@@ -141,3 +141,12 @@ def parse_grid(model_or_dims: ModelDims | torch.nn.Module, spec: str, **context:
 def flat_conditions(conditions: Sequence[Condition]) -> list[list[Intervention]]:
     """Each condition as a flat list of interventions (nested lists flattened, anything else refused)."""
     return [list(flatten(c)) for c in conditions]
+
+
+def unique_ids(conditions: Sequence[Condition]) -> list[str]:
+    """The conditions' ids, refusing duplicates in one line (the one copy of that rule)."""
+    ids = [condition_id(c) for c in conditions]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"duplicate conditions: {', '.join(dup)}; each condition must be unique")
+    return ids

@@ -35,7 +35,7 @@ from depthprobe import adapter
 from depthprobe.interventions import bind_all, order_hooks, validate
 from depthprobe.models import model_dims
 from depthprobe.sweep.engine import _chunks, _row_hook, plan_tails, score_conditions
-from depthprobe.sweep.grids import Condition, condition_id
+from depthprobe.sweep.grids import Condition, condition_id, unique_ids
 
 __all__ = ["score_conditions_reuse"]
 
@@ -90,10 +90,7 @@ def score_conditions_reuse(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ids = [condition_id(c) for c in conditions]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate conditions: {', '.join(dup)}; each condition must be unique")
+    ids = unique_ids(conditions)
     dims = model_dims(model)
     for cond in conditions:
         validate(dims, list(cond))

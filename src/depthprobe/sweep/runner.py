@@ -24,7 +24,7 @@ from depthprobe.interventions import Intervention, MeanReference, validate
 from depthprobe.model_spec import ModelSpec
 from depthprobe.models import model_dims
 from depthprobe.sweep.executor import ConditionResult, Executor, InProcessExecutor, SweepSpec, WorkUnit
-from depthprobe.sweep.grids import BASELINE, Condition, condition_id, flat_conditions, parse_grid
+from depthprobe.sweep.grids import BASELINE, Condition, condition_id, flat_conditions, parse_grid, unique_ids
 
 if TYPE_CHECKING:
     from depthprobe.results import RunDir
@@ -71,10 +71,7 @@ _condition_info = condition_info  # the name before the split
 
 def _with_baseline(conditions: Sequence[Condition]) -> list[list[Intervention]]:
     out = flat_conditions(conditions)
-    ids = [condition_id(c) for c in out]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate conditions: {', '.join(dup)}; each condition must be unique")
+    ids = unique_ids(out)
     if BASELINE not in ids:
         out.insert(0, [])
     return out
