@@ -57,6 +57,7 @@ class LmEvalTask(Task):
         if len(tasks) != 1 or not hasattr(next(iter(tasks.values())), "OUTPUT_TYPE"):
             raise ValueError(f"{self.lm_eval_name!r} is an lm-eval group; sweep its tasks one at a time")
         lm_task = next(iter(tasks.values()))
+        self._lm_task_object = lm_task
         if lm_task.OUTPUT_TYPE not in _SWEEPABLE:
             raise ValueError(f"lm-eval task {self.lm_eval_name!r} has output type {lm_task.OUTPUT_TYPE!r}; sweeps "
                              f"take {' or '.join(_SWEEPABLE)} tasks (evaluate others with "
@@ -66,9 +67,8 @@ class LmEvalTask(Task):
         self.metric_names = tuple(m["metric"] for m in lm_task.config.metric_list or [])
 
     def _lm_task(self) -> Any:
-        from lm_eval.tasks import get_task_dict
-
-        return next(iter(get_task_dict([self.lm_eval_name], _task_manager(self.include_path)).values()))
+        """lm-eval's task object, built once (building it loads the dataset)."""
+        return self._lm_task_object
 
     def instances(self, *, limit: int | None = None, num_fewshot: int | None = None,
                   data_dir: str | os.PathLike[str] | None = None) -> list[Instance]:
