@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from depthprobe.interventions.base import Bound, Intervention, check_index, register
+from depthprobe.interventions.base import Bound, Intervention, OneHead, check_index, register
 from depthprobe.interventions.hooks import partial, zero_heads, zero_kv_heads, zero_output
 from depthprobe.models import ModelDims
 
@@ -90,12 +90,10 @@ class SkipMLP(Intervention):
 
 @register
 @dataclass(frozen=True)
-class ZeroHead(Intervention):
+class ZeroHead(OneHead):
     """Query head ``head`` of ``layer`` zero-ablated (its ``hook_z`` slice := 0)."""
 
-    head: int
     kind = "head"
-    unit = "head"
     grid = "heads"
     weight_edit = "zero the o_proj columns of the head"
     exact_weight_edit = True
@@ -104,20 +102,9 @@ class ZeroHead(Intervention):
         d = editor.dims.d_head
         editor.zero_columns(self.layer, "self_attn.o_proj", self.head * d, (self.head + 1) * d)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_index("head", self.head)
-
-    @property
-    def index(self) -> int | None:
-        return self.head
-
     @property
     def id(self) -> str:
         return f"head:L{self.layer}H{self.head}"
-
-    def touched_heads(self, dims: ModelDims) -> tuple[int, ...]:
-        return (self.head,)
 
     def _make_hooks(self, model: Any, dims: Any) -> Bound:
         return Bound(self, ((f"blocks.{self.layer}.attn.hook_z", partial(zero_heads, heads=(self.head,))),))
@@ -162,16 +149,14 @@ class ZeroKVGroup(Intervention):
 
 @register
 @dataclass(frozen=True)
-class ZeroHeadWeights(Intervention):
+class ZeroHeadWeights(OneHead):
     """The study's original head pruning: q of ``head``, k and v of its KV head, and its o_proj columns zeroed.
 
     Under GQA the zeroed values silence the head's whole group, so the declared ``heads`` are
     the group's. The group is read from the model at bind time.
     """
 
-    head: int
     kind = "head_weights"
-    unit = "head"
     grid = "head_weights"
     binds_to_model = True
     weight_edit = "zero q_proj rows of the head, k_proj and v_proj rows of its KV head, o_proj columns of the head"
@@ -184,14 +169,6 @@ class ZeroHeadWeights(Intervention):
         editor.zero_rows(self.layer, "self_attn.k_proj", g * d, (g + 1) * d)
         editor.zero_rows(self.layer, "self_attn.v_proj", g * d, (g + 1) * d)
         editor.zero_columns(self.layer, "self_attn.o_proj", h * d, (h + 1) * d)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_index("head", self.head)
-
-    @property
-    def index(self) -> int | None:
-        return self.head
 
     @property
     def id(self) -> str:

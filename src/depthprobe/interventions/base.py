@@ -227,6 +227,26 @@ class Intervention:
         return INTERVENTION_TYPES.get(kind)._from_id_rest(rest)
 
 
+@dataclass(frozen=True)
+class OneHead(Intervention):
+    """Base of the types that target one query head of ``layer`` (not registered itself): the
+    ``head`` field, its check, ``index`` and ``touched_heads``; subclasses say what they do to it."""
+
+    head: int
+    unit: ClassVar[Literal["head", "group"] | None] = "head"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_index("head", self.head)
+
+    @property
+    def index(self) -> int | None:
+        return self.head
+
+    def touched_heads(self, dims: ModelDims) -> tuple[int, ...]:
+        return (self.head,)
+
+
 def _encode(value: Any) -> Any:
     if hasattr(value, "to_dict"):
         return value.to_dict()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from depthprobe import adapter
-from depthprobe.interventions.base import Bound, Intervention, check_index, model_cache, register
+from depthprobe.interventions.base import Bound, Intervention, OneHead, check_index, model_cache, register
 from depthprobe.interventions.hooks import partial, set_heads
 from depthprobe.models import ModelDims
 
@@ -181,32 +181,19 @@ def head_means(model: torch.nn.Module, layer: int, texts: Sequence[str], *, batc
 
 @register
 @dataclass(frozen=True)
-class MeanHead(Intervention):
+class MeanHead(OneHead):
     """Query head ``head`` of ``layer`` mean-ablated: its ``hook_z`` slice := its mean over ``reference``."""
 
-    head: int
     reference: MeanReference
 
     kind = "mean_head"
-    unit = "head"
     grid = "mean_heads"
     binds_to_model = True
     weight_edit = "zero the o_proj columns of the head and add W_O[:, head] @ mean to the o_proj bias"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_index("head", self.head)
-
-    @property
-    def index(self) -> int | None:
-        return self.head
-
     @property
     def id(self) -> str:
         return f"mean_head:L{self.layer}H{self.head}@{self.reference.label}"
-
-    def touched_heads(self, dims: ModelDims) -> tuple[int, ...]:
-        return (self.head,)
 
     def means(self, model: torch.nn.Module) -> Tensor:
         """The reference means [n_heads, d_head] of this layer on ``model`` (computed once per model)."""
