@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import depthprobe as dp
-from depthprobe.evaluation.api import _shared_prefix
+from depthprobe.evaluation.api import shared_prefix
 from depthprobe.evaluation.fast_decode import HookFreeDecoder
 from depthprobe.evaluation.generation import generate_until
 from depthprobe.sweep import condition_id, layer_grid
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run(name: str, model, task: str, args, data_dir: str | None) -> bool:
     t = get_task(task)
     prompts = [i.prompt for i in t.instances(limit=args.limit, num_fewshot=args.shots, data_dir=data_dir)]
-    prefix = _shared_prefix(prompts, t.fewshot_delimiter) or None
+    prefix = shared_prefix(prompts, t.fewshot_delimiter) or None
     rest = [p[len(prefix or ""):] for p in prompts]
     until = list(t.generation.until)
     kw = dict(until=until, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size, prefix=prefix)

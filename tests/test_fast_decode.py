@@ -203,7 +203,8 @@ def test_run_sweep_selects_hook_free_and_matches_hooks(tmp_path: Path, monkeypat
     monkeypatch.setattr(HookFreeDecoder, "__call__", counting)
     mean = dp.mean_head(3, 1, ["Q: 3 plus 4?\nA: 3 + 4 = 7. The answer is 7."])
     conds = [[dp.skip_layer(2)], [dp.zero_head(3, 1)], [mean]]
-    kw = dict(limit=4, batch_size=4, max_gen_toks=16, progress=False, num_fewshot=1)
+    # one condition per unit (engine=False): the per-condition decoder is selected per condition
+    kw = dict(limit=4, batch_size=4, max_gen_toks=16, progress=False, num_fewshot=1, engine=False)
     fast = dp.run_sweep(model, "organism_reasoning", conds, out_dir=tmp_path / "fast", **kw)
     assert {u for u in used} == {(), ("skip:L2",), ("head:L3H1",)}  # mean_head has no exact edit: hooks
     used.clear()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import depthprobe as dp
-from depthprobe.evaluation.api import _shared_prefix
+from depthprobe.evaluation.api import shared_prefix
 from depthprobe.evaluation.generation import generate_until
 from depthprobe.organisms import CHECKPOINTS_DIR
 from depthprobe.sweep import condition_id
@@ -35,7 +35,7 @@ def test_organism_reasoning_layer_and_head_conditions() -> None:
     model = bridge(CHECKPOINTS_DIR / "organism-base")
     inst = get_task("organism_reasoning").instances(limit=4, num_fewshot=1)
     prompts = [i.prompt for i in inst]
-    prefix = _shared_prefix(prompts, "\n\n")
+    prefix = shared_prefix(prompts, "\n\n")
     assert prefix
     conditions = [[], [dp.skip_layer(0)], [dp.skip_layer(2)], [dp.zero_head(3, 1)], [dp.zero_kv_group(1, 0)],
                                              [dp.mean_head(2, 0, ["Q: 3 plus 4?\nA: The answer is 7."])]]

@@ -13,7 +13,8 @@ from depthprobe.evaluation.loglikelihood import model_max_length, score_choices
 from depthprobe.evaluation.metrics import choice_predictions, exact_match, mean_stderr
 from depthprobe.tasks import Task, get_task
 
-__all__ = ["EvalResult", "TruncationWarning", "choice_result", "evaluate", "require_loaded_model"]
+__all__ = ["EvalResult", "TruncationWarning", "choice_result", "evaluate", "generation_result", "require_loaded_model",
+           "shared_prefix"]
 
 
 class TruncationWarning(UserWarning):
@@ -168,7 +169,7 @@ def choice_result(task: Task, instances, scores, config: dict[str, Any], stats: 
     return EvalResult(task.name, metrics, samples, config, dict(stats))
 
 
-def _shared_prefix(prompts: list[str], delimiter: str) -> str:
+def shared_prefix(prompts: list[str], delimiter: str) -> str:
     """The few-shot block every prompt starts with (cut after a shot delimiter), or ""."""
     if len(prompts) < 2 or not delimiter:
         return ""
@@ -199,11 +200,23 @@ def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_
         outputs = generate_chat(model, prompts, until=list(gen.until), enable_thinking=enable_thinking,
                                 max_gen_toks=budget, batch_size=batch_size, decoder=decoder)
     else:
-        prefix = _shared_prefix(prompts, task.fewshot_delimiter)
+        prefix = shared_prefix(prompts, task.fewshot_delimiter)
         outputs = generate_until(
             model, [p[len(prefix):] for p in prompts], until=list(gen.until), max_gen_toks=budget,
             batch_size=batch_size, prefix=prefix or None, decoder=decoder,
         )
+    return generation_result(task, instances, outputs, config, prefix)
+
+
+def generation_result(task: Task, instances, outputs, config: dict[str, Any], prefix: str = "") -> EvalResult:
+    """Per-sample rows and metrics of a generation task from already decoded ``Generation`` values.
+
+    The seam that lets a sweep decode many conditions at once
+    (:func:`depthprobe.sweep.generation_engine.generate_conditions`) and still report exactly
+    what ``evaluate`` reports; ``prefix`` is the shared few-shot block that was reused.
+    """
+    gen = task.generation
+    assert gen is not None
     rows = []
     for inst, out in zip(instances, outputs):
         row: dict[str, Any] = {
@@ -239,3 +252,4 @@ def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_
         "n_prefix_reused": sum(bool(getattr(o, "prefix_reused", False)) for o in outputs),
     }
     return EvalResult(task.name, metrics, samples, config, run_stats)
+

@@ -69,6 +69,10 @@ class LoopDecoder:
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         raise NotImplementedError
 
+    def prefill(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        """The first forward (the prompts); a decoder may compute it differently from the one-token steps."""
+        return self.step(model, ids, mask, positions, cache)
+
     def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
                  policy: StopPolicy, past_key_values: Any = None) -> Decoded:
         batch, n_new = input_ids.shape
@@ -80,10 +84,10 @@ class LoopDecoder:
             cache = copy.deepcopy(past_key_values)
             past_len = cache.get_seq_length()
             cache_batch = cache.layers[0].keys.shape[0] if past_len else batch
-            if cache_batch == 1 and batch > 1:
-                cache.batch_repeat_interleave(batch)
+            if cache_batch != batch and cache_batch and batch % cache_batch == 0:
+                cache.batch_repeat_interleave(batch // cache_batch)  # row r of the cache serves block r
             elif cache_batch != batch:
-                raise ValueError(f"past_key_values batch {cache_batch} must be 1 or {batch}")
+                raise ValueError(f"past_key_values batch {cache_batch} must divide the batch {batch}")
         else:
             cache, past_len = DynamicCache(), 0
         if attention_mask.shape[1] == n_new and past_len:
@@ -103,8 +107,8 @@ class LoopDecoder:
         step_ids = input_ids
         out: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
-        for _ in range(max_new_tokens):
-            logits = self.step(model, step_ids, mask, step_pos, cache)
+        for n in range(max_new_tokens):
+            logits = (self.step if n else self.prefill)(model, step_ids, mask, step_pos, cache)
             next_ids = logits.float().argmax(dim=-1).tolist()
             for row, tok in enumerate(next_ids):
                 if done[row]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -25,8 +26,8 @@ from depthprobe.evaluation.decode import Decoder, HookedDecoder, prefix_cache
 from depthprobe.evaluation.stops import StopPolicy
 from depthprobe.evaluation.tokenize import encode_context, left_pad
 
-__all__ = ["Generation", "PreparedRequests", "generate_until", "greedy_generate", "max_context_length",
-           "prepare_requests"]
+__all__ = ["Generation", "GenerationPlan", "PreparedRequests", "generate_until", "greedy_generate",
+           "max_context_length", "plan_generation", "prepare_requests"]
 
 # Shape aliases: typeguard's import hook (pytest addopts) parses string literals inside
 # subscripted annotations as Python, and "batch pos" is not, so the shapes are named here.
@@ -161,6 +162,66 @@ def generate_until(
     apply only after it and the text is what follows it, as lm-eval's ``think_end_token``.
     ``decoder`` runs the decoding (default :class:`~depthprobe.evaluation.decode.HookedDecoder`).
     """
+    plan = plan_generation(model, prompts, until=until, max_gen_toks=max_gen_toks, batch_size=batch_size,
+                           prefix=prefix, add_special_tokens=add_special_tokens, think_end_token=think_end_token)
+    return plan.run(model, decoder or HookedDecoder())[0] if plan else []
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """Prepared requests, stop policy and budget of one ``generate_until`` call: the one copy of its rules.
+
+    :meth:`run` decodes the requests with a decoder; ``copies=k`` decodes every batch as ``k`` row
+    blocks (a decoder that runs block ``j`` under its own condition, such as
+    :class:`~depthprobe.evaluation.fast_decode.BlockDecoder`), and returns one list per block.
+    """
+
+    requests: PreparedRequests
+    policy: StopPolicy
+    max_gen_toks: int
+    pad: int
+    device: Any
+
+    def __bool__(self) -> bool:
+        return bool(self.requests.tokens)
+
+    def run(self, model: Any, decode: Decoder, *, copies: int = 1) -> list[list[Generation]]:
+        req, k = self.requests, copies
+        # a decoder that runs another forward (the hook-free path) builds the prefix cache its own way
+        build_prefix = getattr(decode, "prefix_cache", prefix_cache)
+        cache = build_prefix(model, req.prefix_ids, self.device) if req.prefix_ids is not None else None
+        results: list[list[Generation | None]] = [[None] * len(req.tokens) for _ in range(k)]
+        for batch, use_prefix in req.jobs:
+            rows = [req.reuse[i] for i in batch] if use_prefix else [req.tokens[i] for i in batch]
+            ids, mask = left_pad(rows, self.pad)
+            decoded = decode(model, ids.repeat(k, 1).to(self.device), mask.repeat(k, 1).to(self.device),
+                             max_new_tokens=self.max_gen_toks, policy=self.policy,
+                             past_key_values=cache if use_prefix else None)
+            for j in range(k):
+                for row, i in enumerate(batch):
+                    toks = decoded.tokens[j * len(batch) + row]
+                    results[j][i] = Generation(
+                        text=self.policy.text(toks),
+                        n_tokens=len(toks),
+                        hit_stop=decoded.hit_stop[j * len(batch) + row],
+                        prompt_truncated=req.truncated[i],
+                        prefix_reused=use_prefix,
+                    )
+        return results  # type: ignore[return-value]
+
+
+def plan_generation(
+    model: TransformerBridge,
+    prompts: list[str],
+    *,
+    until: list[str],
+    max_gen_toks: int = 256,
+    batch_size: int = 8,
+    prefix: str | None = None,
+    add_special_tokens: bool | None = None,
+    think_end_token: str | None = None,
+) -> GenerationPlan:
+    """Check the arguments of ``generate_until`` and prepare its requests and stop policy."""
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a list of strings")
     if isinstance(until, str) or not all(isinstance(s, str) for s in until):
@@ -172,11 +233,9 @@ def generate_until(
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError("generate_until needs a model with a tokenizer (model.tokenizer is None)")
-    if not prompts:
-        return []
     context = max_context_length(model)
     max_ctx = context - max_gen_toks
-    if max_ctx <= 0:
+    if max_ctx <= 0 and prompts:
         raise ValueError(f"max_gen_toks={max_gen_toks} must be less than the model's context length {context}")
     stops = list(until)
     eos_text = tokenizer.decode(tokenizer.eos_token_id, skip_special_tokens=False) \
@@ -184,27 +243,6 @@ def generate_until(
     if eos_text is not None and eos_text not in stops:
         stops.append(eos_text)
     policy = StopPolicy(frozenset(adapter.eos_token_ids(model)), tuple(stops), think_end_token, tokenizer)
-    decode = decoder or HookedDecoder()
-    pad = adapter.pad_token_id(tokenizer)
-    device = model.cfg.device
     req = prepare_requests(tokenizer, prompts, max_ctx=max_ctx, batch_size=batch_size, prefix=prefix,
                            add_special_tokens=add_special_tokens)
-    # a decoder that runs another forward (the hook-free path) builds the prefix cache its own way
-    build_prefix = getattr(decode, "prefix_cache", prefix_cache)
-    cache = build_prefix(model, req.prefix_ids, device) if req.prefix_ids is not None else None
-
-    results: list[Generation | None] = [None] * len(prompts)
-    for batch, use_prefix in req.jobs:
-        rows = [req.reuse[i] for i in batch] if use_prefix else [req.tokens[i] for i in batch]
-        ids, mask = left_pad(rows, pad)
-        decoded = decode(model, ids.to(device), mask.to(device), max_new_tokens=max_gen_toks, policy=policy,
-                         past_key_values=cache if use_prefix else None)
-        for row, i in enumerate(batch):
-            results[i] = Generation(
-                text=policy.text(decoded.tokens[row]),
-                n_tokens=len(decoded.tokens[row]),
-                hit_stop=decoded.hit_stop[row],
-                prompt_truncated=req.truncated[i],
-                prefix_reused=use_prefix,
-            )
-    return results  # type: ignore[return-value]
+    return GenerationPlan(req, policy, max_gen_toks, adapter.pad_token_id(tokenizer), model.cfg.device)

@@ -322,13 +322,19 @@ class RayExecutor:
             self.stats[key] += 1
 
     # --- the executor interface ---------------------------------------------------------
-    def plan(self, units: Sequence[WorkUnit]) -> list[tuple[WorkUnit, Shard | None]]:
+    def plan(self, units: Sequence[WorkUnit], *, generation: bool | None = None) -> list[tuple[WorkUnit, Shard | None]]:
         """The tasks sent to workers: every unit whole, or for generation with fewer conditions than
-        workers, every condition as ``ceil(workers / conditions)`` document shards."""
+        workers, every condition as ``ceil(workers / conditions)`` document shards.
+
+        ``generation`` says whether the sweep's task generates (None: units planned per condition do).
+        """
         n_workers = self._resources()[0]
-        if n_workers > 1 and units and not any(u.engine for u in units) and len(units) < n_workers:
-            count = math.ceil(n_workers / len(units))
-            return [(u, (i, count)) for u in units for i in range(count)]
+        if generation is None:
+            generation = not any(u.engine for u in units)
+        conditions = [c for u in units for c in u.conditions]
+        if n_workers > 1 and generation and conditions and len(conditions) < n_workers:
+            count = math.ceil(n_workers / len(conditions))
+            return [(WorkUnit((c,), engine=False), (i, count)) for c in conditions for i in range(count)]
         return [(u, None) for u in units]
 
     def run(self, model: Any, spec: SweepSpec, units: Sequence[WorkUnit],
@@ -349,7 +355,8 @@ class RayExecutor:
         except Exception as err:  # noqa: BLE001
             raise ValueError(f"RayExecutor sends the task to workers and needs it by name (or picklable): {err}") from None
         task = get_task(spec.task, **dict(spec.task_options)) if isinstance(spec.task, str) else spec.task
-        queue: deque[tuple[tuple[WorkUnit, Shard | None], int]] = deque((t, 0) for t in self.plan(units))
+        queue: deque[tuple[tuple[WorkUnit, Shard | None], int]] = deque(
+            (t, 0) for t in self.plan(units, generation=task.output_type == "generate_until"))
         pending: dict[Any, tuple[_Slot, tuple[WorkUnit, Shard | None], int]] = {}
         shards: dict[str, dict[int, ConditionResult]] = {}
         delivered: set[str] = set()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,8 @@ from depthprobe import adapter
 from depthprobe.interventions.base import Intervention, flatten, model_cache
 from depthprobe.models import ModelDims, model_dims
 
-__all__ = ["WeightEditor", "edited_model", "hook_free_allowed", "plain_model", "require_exact"]
+__all__ = ["RowEdits", "WeightEditor", "edited_model", "hook_free_allowed", "kept_layers", "plain_model",
+           "require_exact"]
 
 
 def _unwrap(module: Any) -> Any:
@@ -150,35 +151,169 @@ class WeightEditor:
     def drop_layer(self, layer: int) -> None:
         self.dropped.add(layer)
 
+    @property
+    def first_layer(self) -> int:
+        """The first layer this condition changes (the number of layers when it changes none)."""
+        return min([layer for layer, _, _ in self._edits] + sorted(self.dropped), default=len(self._layers))
+
+    def linear_edits(self) -> dict[torch.nn.Module, tuple[Tensor, Tensor | None]]:
+        """``{linear module: (weight, bias)}`` with this condition's edits, for every edited module."""
+        out: dict[torch.nn.Module, tuple[Tensor, Tensor | None]] = {}
+        for (_, _, name), (mod, edited) in self._edits.items():
+            if not isinstance(mod, torch.nn.Linear):
+                raise ValueError(f"row-wise edits support linear modules only, not {type(mod).__name__}")
+            weight, bias = out.get(mod, (mod.weight, mod.bias))
+            out[mod] = (edited, bias) if name == "weight" else (weight, edited)
+        return out
+
     @contextlib.contextmanager
     def applied(self) -> Iterator[torch.nn.Module]:
         """The plain model with the edits in place and dropped layers removed; restored on exit, even on error."""
-        plain, decoder = self.plain, self.plain.model
-        config = plain.config
-        full, n_layers = decoder.layers, config.num_hidden_layers
-        layer_types = getattr(config, "layer_types", None)
         originals = [(mod, name, getattr(mod, name)) for (_, _, name), (mod, _) in self._edits.items()]
-        kept = [i for i in range(len(full)) if i not in self.dropped]
+        kept = [i for i in range(len(self._layers)) if i not in self.dropped]
         try:
             for (_, _, name), (mod, edited) in self._edits.items():
                 setattr(mod, name, torch.nn.Parameter(edited, requires_grad=False))
-            if self.dropped:
-                decoder.layers = torch.nn.ModuleList([full[i] for i in kept])
-                for new, old in enumerate(kept):
-                    full[old].self_attn.layer_idx = new
-                config.num_hidden_layers = len(kept)
-                if layer_types is not None:
-                    config.layer_types = [layer_types[i] for i in kept]
-            yield plain
+            with kept_layers(self.plain, kept):
+                yield self.plain
         finally:
             for mod, name, original in originals:
                 setattr(mod, name, original)
-            decoder.layers = full
-            for i, layer in enumerate(full):
-                layer.self_attn.layer_idx = i
-            config.num_hidden_layers = n_layers
-            if layer_types is not None:
-                config.layer_types = layer_types
+
+
+@contextlib.contextmanager
+def kept_layers(plain: torch.nn.Module, kept: list[int]) -> Iterator[torch.nn.Module]:
+    """The plain model running only the decoder layers ``kept`` (KV-cache indices renumbered); restored on exit."""
+    decoder, config = plain.model, plain.config
+    full, n_layers = decoder.layers, config.num_hidden_layers
+    if kept == list(range(len(full))):
+        yield plain
+        return
+    layer_types = getattr(config, "layer_types", None)
+    try:
+        decoder.layers = torch.nn.ModuleList([full[i] for i in kept])
+        for new, old in enumerate(kept):
+            full[old].self_attn.layer_idx = new
+        config.num_hidden_layers = len(kept)
+        if layer_types is not None:
+            config.layer_types = [layer_types[i] for i in kept]
+        yield plain
+    finally:
+        decoder.layers = full
+        for i, layer in enumerate(full):
+            layer.self_attn.layer_idx = i
+        config.num_hidden_layers = n_layers
+        if layer_types is not None:
+            config.layer_types = layer_types
+
+
+def _editor(model: torch.nn.Module, plain: torch.nn.Module, dims: ModelDims, condition: Iterable[Any]) -> WeightEditor:
+    """The recorded (not yet applied) exact weight edits of one condition."""
+    flat = require_exact(condition)
+    for iv in flat:
+        iv.check(dims)
+    editor = WeightEditor(model, plain, dims)
+    for iv in sorted(flat, key=lambda iv: type(iv).edit_phase):
+        iv.edit_weights(editor)
+    return editor
+
+
+class RowEdits:
+    """Row blocks of one batch, each under its own condition's exact weight edits, on the plain model.
+
+    In a batch of ``k * B`` rows, block ``j`` (rows ``j*B .. (j+1)*B``) runs the ``j``-th condition
+    of :meth:`applied`: every linear module that condition edits is recomputed on those rows with
+    its edited weight and bias, and every layer it removes returns its input on those rows. That
+    is the computation of ``edited_model(model, *condition)`` on those rows, with the rest of the
+    forward shared by all conditions. Cheap forward hooks on the plain model, none on the bridge.
+    """
+
+    def __init__(self, model: torch.nn.Module, conditions: Sequence[Iterable[Any]], *,
+                 attn_implementation: str | None = None) -> None:
+        dims = model_dims(model)
+        self.plain = plain_model(model, attn_implementation=attn_implementation)
+        self.editors = [_editor(model, self.plain, dims, c) for c in conditions]
+        self.n_layers = dims.n_layers
+
+    def first_layer(self, index: int) -> int:
+        """The first layer condition ``index`` changes (``n_layers`` for none): layers before it are unablated."""
+        return self.editors[index].first_layer
+
+    @contextlib.contextmanager
+    def applied(self, members: Sequence[int] | None = None, *, start: int = 0,
+                start_hidden: Tensor | None = None) -> Iterator[torch.nn.Module]:
+        """The plain model with block ``j`` of every batch under condition ``members[j]`` (default: all, in order).
+
+        ``start`` > 0 runs layers ``start..`` only (KV-cache index 0 is layer ``start``), with
+        ``start_hidden`` (one row, tiled over the batch) as the residual stream entering layer ``start``.
+        """
+        members = list(range(len(self.editors))) if members is None else list(members)
+        k = len(members)
+        if start and start_hidden is None:
+            raise ValueError("start > 0 needs start_hidden, the residual stream entering that layer")
+        linear: dict[torch.nn.Module, list[tuple[int, Tensor, Tensor | None]]] = {}
+        dropped: dict[int, list[int]] = {}
+        for j, index in enumerate(members):
+            editor = self.editors[index]
+            for mod, (weight, bias) in editor.linear_edits().items():
+                linear.setdefault(mod, []).append((j, weight, bias))
+            for layer in editor.dropped:
+                dropped.setdefault(layer, []).append(j)
+        layers = self.plain.model.layers
+        handles = []
+        try:
+            for mod, entries in linear.items():
+                handles.append(mod.register_forward_hook(_linear_rows(entries, k)))
+            for layer, blocks in dropped.items():
+                if layer >= start:
+                    handles.append(layers[layer].register_forward_hook(_identity_rows(blocks, k)))
+            if start:
+                handles.append(layers[start].register_forward_pre_hook(_set_input(start_hidden)))  # type: ignore[arg-type]
+            with kept_layers(self.plain, list(range(start, self.n_layers))):
+                yield self.plain
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _block(batch: int, k: int) -> int:
+    if batch % k:
+        raise ValueError(f"a batch of {batch} rows cannot hold {k} equal row blocks")
+    return batch // k
+
+
+def _linear_rows(entries: list[tuple[int, Tensor, Tensor | None]], k: int) -> Any:
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+        x = args[0]
+        b = _block(x.shape[0], k)
+        for j, weight, bias in entries:
+            out[j * b:(j + 1) * b] = torch.nn.functional.linear(x[j * b:(j + 1) * b], weight, bias)
+        return out
+
+    return hook
+
+
+def _identity_rows(blocks: list[int], k: int) -> Any:
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"row-wise layer removal expects a decoder layer returning a tensor, got {type(out).__name__}")
+        hidden = args[0]
+        b = _block(hidden.shape[0], k)
+        for j in blocks:
+            out[j * b:(j + 1) * b] = hidden[j * b:(j + 1) * b]
+        return out
+
+    return hook
+
+
+def _set_input(hidden: Tensor) -> Any:
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        if hidden.shape[1:] != x.shape[1:]:
+            raise ValueError(f"start_hidden has shape {tuple(hidden.shape)}; the layer input is {tuple(x.shape)}")
+        return (hidden.to(x.dtype).repeat(x.shape[0] // hidden.shape[0], *[1] * (x.dim() - 1)), *args[1:])
+
+    return hook
 
 
 @contextlib.contextmanager
@@ -189,13 +324,6 @@ def edited_model(model: torch.nn.Module, *interventions: Any,
     Only the touched tensors are copied; on exit (normal or not) the plain model is restored.
     ``with edited_model(bridge, zero_head(3, 1)) as hf: hf(ids).logits`` equals the hook path.
     """
-    flat = require_exact(interventions)
-    dims = model_dims(model)
-    for iv in flat:
-        iv.check(dims)
     plain = plain_model(model, attn_implementation=attn_implementation)
-    editor = WeightEditor(model, plain, dims)
-    for iv in sorted(flat, key=lambda iv: type(iv).edit_phase):
-        iv.edit_weights(editor)
-    with editor.applied() as edited:
+    with _editor(model, plain, model_dims(model), interventions).applied() as edited:
         yield edited

@@ -43,12 +43,15 @@ class SweepSpec:
     hook_free: bool = True
     #: attention of the hook-free decoder (None: the bridge's own, token-identical to the hooks)
     attn_implementation: str | None = None
+    #: rows of one generation decode batch (conditions x documents) in an engine unit; None: no bound
+    max_rows: int | None = 256
 
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """Conditions evaluated together: through the engine in one pass (``engine=True``, multiple-choice
-    tasks), or each by ``evaluate`` under ``ablate``."""
+    """Conditions evaluated together: through the engine in one pass (``engine=True``: multiple-choice
+    scoring, or generation with the conditions as row blocks of each decode batch), or each by
+    ``evaluate`` under ``ablate``."""
 
     conditions: tuple[tuple[Intervention, ...], ...]
     engine: bool
@@ -97,7 +100,9 @@ class UnitRunner:
         return self._instances
 
     def run(self, unit: WorkUnit) -> list[ConditionResult]:
-        return self._engine(unit) if unit.engine else [self._evaluate(list(c)) for c in unit.conditions]
+        if not unit.engine:
+            return [self._evaluate(list(c)) for c in unit.conditions]
+        return self._generate(unit) if self.task.output_type == "generate_until" else self._engine(unit)
 
     def _engine(self, unit: WorkUnit) -> list[ConditionResult]:
         from depthprobe.evaluation.api import choice_result
@@ -116,6 +121,34 @@ class UnitRunner:
         for k, cond in enumerate(unit.conditions):
             result = choice_result(t, instances, scores[condition_id(cond)], dict(config), {"n_docs": len(instances)})
             out.append(ConditionResult(list(cond), result.metrics, result.samples, wall if k == 0 else 0.0))
+        return out
+
+    def _generate(self, unit: WorkUnit) -> list[ConditionResult]:
+        from depthprobe.evaluation.api import generation_result, shared_prefix
+        from depthprobe.interventions.weights import hook_free_allowed
+        from depthprobe.sweep.generation_engine import generate_conditions
+
+        s, t = self.spec, self.task
+        if s.chat_options:
+            raise ValueError("chat generation runs one condition at a time: plan it with engine=False")
+        gen = t.generation
+        assert gen is not None
+        instances = self.instances
+        prompts = [i.prompt for i in instances]
+        prefix = shared_prefix(prompts, t.fewshot_delimiter)
+        start = time.perf_counter()
+        outputs = generate_conditions(
+            self.model, [p[len(prefix):] for p in prompts], list(unit.conditions), until=list(gen.until),
+            max_gen_toks=gen.max_gen_toks if s.max_gen_toks is None else s.max_gen_toks, batch_size=s.batch_size,
+            prefix=prefix or None, max_rows=s.max_rows, hook_free=s.hook_free,
+            attn_implementation=s.attn_implementation)
+        wall = time.perf_counter() - start
+        out = []
+        for k, cond in enumerate(unit.conditions):
+            result = generation_result(t, instances, outputs[condition_id(cond)], {}, prefix)
+            decoder = "hook_free" if s.hook_free and hook_free_allowed(cond) else "hooks"
+            out.append(ConditionResult(list(cond), result.metrics, result.samples, wall if k == 0 else 0.0,
+                                       {"decoder": decoder, "batched_with": len(unit.conditions)}))
         return out
 
     def _evaluate(self, condition: list[Intervention]) -> ConditionResult:

@@ -199,6 +199,7 @@ def run_sweep(
     prescreen: Any = None,
     hook_free: bool = True,
     attn_implementation: str | None = None,
+    max_rows: int | None = 256,
     **evaluate_options: Any,
 ) -> pd.DataFrame:
     """Evaluate ``task`` under the baseline and every condition; store, resume, and return ``load_results(out_dir)``.
@@ -208,9 +209,13 @@ def run_sweep(
     :func:`~depthprobe.sweep.grids.parse_grid`). Multiple-choice tasks go through the engine
     (:func:`~depthprobe.sweep.engine.score_conditions`: the unablated prefix computed once per
     batch, ``chunk`` conditions at a time (default: all of them, so the prefix is computed once per
-    batch for the whole grid; a killed sweep loses the chunk in flight: pass ``chunk`` to bound it);
-    generation tasks, and every task with ``engine=False``, run ``depthprobe.evaluate`` under
-    ``ablate`` per condition. ``executor`` runs the planned units (default: in this process).
+    batch for the whole grid; a killed sweep loses the chunk in flight: pass ``chunk`` to bound it).
+    Generation tasks go through the generation engine
+    (:func:`~depthprobe.sweep.generation_engine.generate_conditions`): ``max_rows // batch_size``
+    conditions per unit (default ``chunk``), decoded together as row blocks of every batch, with
+    the few-shot prefix and each batch's prompts computed unablated once below each condition's
+    first edited layer. Chat generation, and every task with ``engine=False``, run
+    ``depthprobe.evaluate`` per condition. ``executor`` runs the planned units (default: in this process).
     ``evaluate_options`` go to ``evaluate`` (``data_dir``, ``max_gen_toks``, ``chat``,
     ``enable_thinking``, task options). ``model`` is a loaded model or a
     :class:`~depthprobe.model_spec.ModelSpec`: the manifest is then built from its config and
@@ -255,6 +260,8 @@ def run_sweep(
     conditions = _with_baseline(conditions)
     for cond in conditions:
         validate(dims, cond)
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise ValueError(f"max_rows must be a positive integer or None, got {max_rows!r}")
     if max_gen_toks is not None and (isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int)
                                      or max_gen_toks < 1):
         raise ValueError(f"max_gen_toks must be a positive integer, got {max_gen_toks!r}")
@@ -273,7 +280,7 @@ def run_sweep(
     run_dir = RunDir(out_dir, manifest)
     spec = SweepSpec(task if isinstance(task, str) else t, tuple(sorted(task_options.items())), limit, num_fewshot,
                      batch_size, None if data_dir is None else str(data_dir), max_gen_toks,
-                     tuple(chat_options.items()), hook_free, attn_implementation)
+                     tuple(chat_options.items()), hook_free, attn_implementation, max_rows)
     extras: dict[str, dict[str, Any]] | None = None
     ran: list[str] = []
     with run_dir.writing():
@@ -284,8 +291,11 @@ def run_sweep(
                                                    num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
             conditions = _with_baseline(conditions)
         todo = [c for c in conditions if not _done(run_dir, c)]
-        use_engine = engine and t.output_type == "multiple_choice" and t.scorer == "depthprobe"
+        generation = t.output_type == "generate_until"
+        use_engine = engine and t.scorer == "depthprobe" and not (generation and chat_options.get("chat"))
         executor = executor or InProcessExecutor()
+        if chunk is None and generation:  # one unit per decode batch's row blocks: a kill loses at most that
+            chunk = max(1, len(todo)) if max_rows is None else max(1, max_rows // batch_size)
         if chunk is None:  # in-process: one engine pass over the whole grid; remote workers: chunks to share out
             chunk = max(1, len(todo)) if isinstance(executor, InProcessExecutor) else 8
         units = plan_units(todo, engine=use_engine, chunk=chunk)
