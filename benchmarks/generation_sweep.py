@@ -1,16 +1,24 @@
 """A gsm8k_cot-style layer sweep: conditions batched through generation vs one generate_until per condition.
 
-Three ways to decode every document under the baseline and every layer skip (the few-shot
-prefix's KV cache reused, as ``evaluate`` does): one ``generate_until`` per condition under
-``ablate`` (the hook path), the same with the hook-free decoder (what ``run_sweep`` selects for
-layer skips), and :func:`depthprobe.sweep.generation_engine.generate_conditions` (conditions as
-row blocks of one decode batch). Prints wall times, ratios, and checks all generations are
-identical. Models: organism-base on its reasoning task, and a 16-layer random model on
-gsm8k_cot prompts (``--data-dir``).
+Every document under the baseline and every layer skip, the few-shot prefix's KV cache reused
+(as ``evaluate`` does), decoded five ways:
+
+- one ``generate_until`` per condition under ``ablate`` (the hook path: what one ``evaluate``
+  per condition costs, the baseline of the ratios);
+- one per condition with the hook-free decoder (exact weight edits on the plain model);
+- :func:`depthprobe.sweep.generation_engine.generate_conditions` (what ``run_sweep`` runs):
+  conditions as row blocks of each decode batch, the prefix and prompts computed unablated once
+  below each condition's first edited layer;
+- the last two again with SDPA attention (``attn_implementation="sdpa"``: faster, rounds
+  differently from eager, so compared with each other).
+
+Prints wall times and ratios, and checks the eager generations are identical across the first
+three ways and the SDPA ones across the last two. Models: organism-base on its reasoning task,
+and a 16-layer random model on gsm8k_cot prompts (``--data-dir``).
 
 Target (issue 12): >= 3x over one evaluate per condition.
 
-Usage: python benchmarks/generation_sweep.py [--limit 8] [--shots 1] [--max-gen-toks 32] [--batch-size 8]
+Usage: python benchmarks/generation_sweep.py [--limit 16] [--shots 1] [--max-gen-toks 32] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -39,38 +47,53 @@ def run(name: str, model, task: str, args, data_dir: str | None) -> bool:
     prompts = [i.prompt for i in t.instances(limit=args.limit, num_fewshot=args.shots, data_dir=data_dir)]
     prefix = shared_prefix(prompts, t.fewshot_delimiter) or None
     rest = [p[len(prefix or ""):] for p in prompts]
-    until = list(t.generation.until)
-    kw = dict(until=until, max_gen_toks=args.max_gen_toks, batch_size=args.batch_size, prefix=prefix)
+    kw = dict(until=list(t.generation.until), max_gen_toks=args.max_gen_toks, batch_size=args.batch_size, prefix=prefix)
     conditions = [[]] + layer_grid(model)
-    start = time.perf_counter()
-    hooks = {}
-    for cond in conditions:
-        with dp.ablate(model, *cond):
-            hooks[condition_id(cond)] = [g.text for g in generate_until(model, rest, **kw)]
-    t_hooks = time.perf_counter() - start
-    start = time.perf_counter()
-    free = {condition_id(c): [g.text for g in generate_until(model, rest, decoder=HookFreeDecoder(c), **kw)]
-            for c in conditions}
-    t_free = time.perf_counter() - start
-    start = time.perf_counter()
-    batched = {cid: [g.text for g in gens] for cid, gens in generate_conditions(model, rest, conditions, **kw).items()}
-    t_batched = time.perf_counter() - start
-    same = hooks == free == batched
+
+    def hooks():
+        out = {}
+        for cond in conditions:
+            with dp.ablate(model, *cond):
+                out[condition_id(cond)] = [g.text for g in generate_until(model, rest, **kw)]
+        return out
+
+    def hook_free(impl):
+        return lambda: {condition_id(c): [g.text for g in generate_until(
+            model, rest, decoder=HookFreeDecoder(c, attn_implementation=impl), **kw)] for c in conditions}
+
+    def batched(impl):
+        return lambda: {cid: [g.text for g in gens] for cid, gens in generate_conditions(
+            model, rest, conditions, max_rows=args.max_rows, attn_implementation=impl, **kw).items()}
+
+    ways = {"per condition, hooks": hooks, "per condition, hook-free": hook_free(None),
+            "conditions batched": batched(None), "per condition, hook-free, sdpa": hook_free("sdpa"),
+            "conditions batched, sdpa": batched("sdpa")}
+    times, texts = {}, {}
+    for way, fn in ways.items():
+        start = time.perf_counter()
+        texts[way] = fn()
+        times[way] = time.perf_counter() - start
+    eager = texts["per condition, hooks"] == texts["per condition, hook-free"] == texts["conditions batched"]
+    sdpa = texts["per condition, hook-free, sdpa"] == texts["conditions batched, sdpa"]
     print(f"{name}: {len(conditions)} conditions x {len(prompts)} documents, {args.shots}-shot, "
-          f"max_gen_toks {args.max_gen_toks}, batch {args.batch_size}")
-    print(f"  per condition, hooks {t_hooks:7.2f} s | per condition, hook-free {t_free:7.2f} s "
-          f"({t_hooks / t_free:.2f}x) | conditions batched {t_batched:7.2f} s ({t_hooks / t_batched:.2f}x; target 3x "
-          f"{'met' if max(t_hooks / t_batched, t_hooks / t_free) >= 3 else 'MISSED'}) | generations "
-          f"{'identical' if same else 'DIFFER'}")
-    return same
+          f"max_gen_toks {args.max_gen_toks}, batch {args.batch_size}, max_rows {args.max_rows}")
+    base = times["per condition, hooks"]
+    for way, sec in times.items():
+        print(f"  {way:32s} {sec:8.2f} s  {base / sec:5.2f}x")
+    best = max(base / times["conditions batched"], base / times["conditions batched, sdpa"])
+    print(f"  batched over one evaluate per condition: {base / times['conditions batched']:.2f}x eager, "
+          f"{base / times['conditions batched, sdpa']:.2f}x sdpa (target 3x {'met' if best >= 3 else 'MISSED'}); "
+          f"generations {'identical' if eager else 'DIFFER'} (eager), {'identical' if sdpa else 'DIFFER'} (sdpa)")
+    return eager and sdpa
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--limit", type=int, default=8)
+    p.add_argument("--limit", type=int, default=16)
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--max-gen-toks", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-rows", type=int, default=256, help="rows of one batched decode (conditions x documents)")
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))

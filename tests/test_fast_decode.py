@@ -20,6 +20,7 @@ from depthprobe.organisms import CHECKPOINTS_DIR
 
 from tests import surgery
 from tests.bridges import bridge
+from tests.tolerance import ForwardShape, logit_bound, logit_scale, top2_margins
 
 PROMPTS = [
     "Q: There are 15 trees in the grove. How many trees did the workers plant?\nA:",
@@ -28,8 +29,6 @@ PROMPTS = [
     "Q: 1 2 3\nA:",
 ]
 N_NEW = 12
-#: A float32 greedy step is trusted only when its top-2 logit margin exceeds this (a few float32 ulps of logits ~10).
-MARGIN = 2e-5
 
 
 def conditions(name: str, n_layers: int) -> list[list]:
@@ -58,14 +57,21 @@ def batch(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def min_margin(model: torch.nn.Module, condition: list, ids: torch.Tensor, mask: torch.Tensor,
                new: torch.Tensor) -> float:
-    """Smallest top-2 logit margin over the greedy steps of the reference (hook path, one full forward)."""
+    """Smallest top-2 logit margin over the reference's live greedy steps (up to each row's EOS; hook path, one
+    full forward), in units of the float32 logit bound (tests/tolerance.py): above 1, no kernel set can flip it."""
     full = torch.cat([ids, new], dim=1)
     full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
     positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad(), dp.ablate(model, *condition):
         logits = model(full, attention_mask=full_mask, position_ids=positions)
-    top2 = logits[:, ids.shape[1] - 1 : -1].float().topk(2, dim=-1).values
-    return float((top2[..., 0] - top2[..., 1]).min())
+    steps = logits[:, ids.shape[1] - 1 : -1]
+    eos = torch.isin(new, torch.tensor(sorted(adapter.eos_token_ids(model))))
+    live = eos.int().cumsum(-1) - eos.int() == 0  # steps up to and including a row's first EOS
+    return float(top2_margins(steps)[live].min()) / logit_bound(ForwardShape.of(model), logit_scale(steps))
+
+
+#: min_margin must exceed this many float32 logit bounds for a token-equality test to mean anything.
+MARGIN = 1.0
 
 
 def test_hook_free_equals_hooks_token_for_token(named_model: tuple[str, torch.nn.Module]) -> None:

@@ -17,7 +17,7 @@ def test_gpu_sweep_runs_on_cpu_with_a_tiny_configuration(capsys) -> None:
                        "--new-tokens", "3", "--batch", "2", "--mc-tokens", "8"])
     printed = capsys.readouterr().out
     assert "projected GSM8K 8-shot CoT layer sweep" in printed and "projected MMLU 3-protocol" in printed
-    for key in ("HF generate (eager)", "depthprobe hook-free (eager)", "depthprobe hook path"):
+    for key in ("HF generate (eager)", "depthprobe hook-free (eager)", "depthprobe hook path", "batched conditions"):
         assert out[key] > 0
     assert out["layer_sweep_step_s"] > 0 and out["gsm8k_projected_s"] > 0 and out["mmlu_projected_s"] > 0
     assert module.LLAMA_31_8B["num_hidden_layers"] == 32 and module.LLAMA_31_8B["num_key_value_heads"] == 8

@@ -79,7 +79,8 @@ def test_processes_share_one_run_directory_and_other_settings_are_refused_at_onc
 def test_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     run = out / "organism-base" / "sweep" / "organism_reasoning" / "layers"
-    proc = start(out, tmp_path / "sweep.err", task="organism_reasoning", grid="layers", limit=24)
+    # one condition per unit of work (--max-rows = --batch-size), so conditions are saved one by one
+    proc = start(out, tmp_path / "sweep.err", "--max-rows", "8", task="organism_reasoning", grid="layers", limit=24)
     wait_for(lambda: len(files(run)) >= 1 or proc.poll() is not None, "the first finished condition")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130

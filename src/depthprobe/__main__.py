@@ -105,6 +105,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {} if args.num_fewshot is None else {"num_fewshot": args.num_fewshot}
     if args.prescreen is not None:
         options["prescreen"] = args.prescreen
+    if args.max_rows is not None:
+        options["max_rows"] = args.max_rows
     try:
         df = cli.sweep(model, args.task, args.grid, args, *parts, executor=executor, **options)
     finally:
@@ -173,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--num-fewshot", type=cli.non_negative_int, default=None)
     sweep.add_argument("--prescreen", type=cli.prescreen, default=None, metavar="TOP_K[,RANDOM_K]",
                        help="attribute every condition first, exact-ablate only the top-k and a random sample of the rest")
+    sweep.add_argument("--max-rows", type=_count(int), default=None,
+                       help="generation: rows of one decode batch, conditions x documents (default 256); a unit of "
+                            "work is max_rows // batch_size conditions, and Ctrl-C loses at most the unit in flight")
     add_executor_flags(sweep)
     sweep.set_defaults(func=cmd_sweep, figures=None)  # HTML figure under --figures, default: the run directory
     campaign = sub.add_parser("campaign", help="run a campaign file: models x tasks x grids, each sweep resumable")
