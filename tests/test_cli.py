@@ -45,6 +45,8 @@ def one_line(err: str) -> str:
     (["--limit", "0"], "depthprobe sweep: error: argument --limit: 0 is not positive; give a positive integer"),
     (["--num-fewshot", "99"], "depthprobe: error: num_fewshot=99 exceeds the 0 few-shot examples task "
                               "'organism_knowledge' has"),
+    (["--attn-implementation", "sdpa"], "depthprobe: error: attn_implementation applies to the hook-free decoder of "
+                                        "generation sweeps"),
     (["--model", "/nonexistent/model"], "depthprobe: error: model directory '/nonexistent/model' does not exist"),
     (["--task", "mmlu", "--data-dir", "/nonexistent/data"],
      "depthprobe: error: data directory '/nonexistent/data' does not exist"),
@@ -73,6 +75,19 @@ def test_mismatch_and_unwritable_output_are_one_line_and_debug_shows_the_traceba
     assert code == 2 and one_line(err).startswith(f"depthprobe: error: not a directory: {blocker}/runs")
     with pytest.raises(NotADirectoryError):
         main(sweep_args(blocker / "runs") + ["--debug"])
+
+
+def test_attention_implementations_never_share_a_run_directory(tmp_path: Path, capsys) -> None:
+    """SDPA rounds differently from eager: the manifest records it and a run with the other one is refused."""
+    args = ["sweep", "--task", "organism_reasoning", "--grid", "blocks:4", "--limit", "2", "--out", str(tmp_path),
+            "--no-progress"]
+    code, out, err = run(args + ["--attn-implementation", "sdpa"], capsys)
+    assert code == 0, err
+    run_dir = tmp_path / "organism-base" / "sweep" / "organism_reasoning" / "blocks_4"
+    assert json.loads((run_dir / "manifest.json").read_text())["attn_implementation"] == \
+        "eager (hooks), sdpa (hook-free decoding)"
+    code, out, err = run(args, capsys)
+    assert code == 2 and "attn_implementation" in one_line(err) and "use another output directory" in err
 
 
 def test_truncation_is_one_warning_line_and_a_column(tmp_path: Path, capsys) -> None:

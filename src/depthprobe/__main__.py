@@ -107,6 +107,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         options["prescreen"] = args.prescreen
     if args.max_rows is not None:
         options["max_rows"] = args.max_rows
+    if args.attn_implementation is not None:
+        options["attn_implementation"] = args.attn_implementation
     try:
         df = cli.sweep(model, args.task, args.grid, args, *parts, executor=executor, **options)
     finally:
@@ -178,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-rows", type=_count(int), default=None,
                        help="generation: rows of one decode batch, conditions x documents (default 256); a unit of "
                             "work is max_rows // batch_size conditions, and Ctrl-C loses at most the unit in flight")
+    sweep.add_argument("--attn-implementation", choices=["eager", "sdpa"], default=None,
+                       help="generation: attention of the hook-free decoders (default: the model's own, eager; "
+                            "sdpa is faster and rounds differently; recorded in the run's manifest)")
     add_executor_flags(sweep)
     sweep.set_defaults(func=cmd_sweep, figures=None)  # HTML figure under --figures, default: the run directory
     campaign = sub.add_parser("campaign", help="run a campaign file: models x tasks x grids, each sweep resumable")
