@@ -11,7 +11,7 @@ import torch
 
 import depthprobe as dp
 from depthprobe import adapter
-from depthprobe.evaluation.fast_decode import HookFreeDecoder, active_hooks, decoder_for, hook_free_allowed
+from depthprobe.evaluation.fast_decode import BlockDecoder, HookFreeDecoder, active_hooks, decoder_for, hook_free_allowed
 from depthprobe.evaluation.generation import generate_until, greedy_generate
 from depthprobe.evaluation.stops import StopPolicy
 from depthprobe.evaluation.tokenize import left_pad
@@ -87,6 +87,30 @@ def test_hook_free_equals_hooks_token_for_token(named_model: tuple[str, torch.nn
         assert min_margin(model, condition, ids, mask, ref) > MARGIN, "a float32 near-tie makes the test meaningless"
         moved += not torch.equal(ref, clean)
     assert moved >= 3, "the conditions must change the generations for the equality to mean anything"
+
+
+def test_sdpa_decoders_give_the_eager_hook_paths_tokens(named_model: tuple[str, torch.nn.Module]) -> None:
+    """SDPA attention rounds differently from eager, by less than the float32 logit bound: where every live step's
+    margin exceeds it, HookFreeDecoder and BlockDecoder (all conditions as row blocks) with SDPA give the eager
+    hook path's tokens, so a sweep may choose SDPA for speed without changing its greedy generations."""
+    name, model = named_model
+    ids, mask = batch(model)
+    conds = conditions(name, model.cfg.n_layers)
+    assert plain_model(model, attn_implementation="sdpa").config._attn_implementation == "sdpa"
+    refs = []
+    for condition in conds:
+        with dp.ablate(model, *condition):
+            ref = greedy_generate(model, ids, mask, max_new_tokens=N_NEW)
+        assert min_margin(model, condition, ids, mask, ref) > MARGIN
+        got = greedy_generate(model, ids, mask, max_new_tokens=N_NEW,
+                              decoder=HookFreeDecoder(condition, attn_implementation="sdpa"))
+        assert torch.equal(got, ref), [iv.id for iv in condition]
+        refs.append(ref)
+    k, b = len(conds), ids.shape[0]
+    got = greedy_generate(model, ids.repeat(k, 1), mask.repeat(k, 1), max_new_tokens=N_NEW,
+                          decoder=BlockDecoder(conds, attn_implementation="sdpa"))
+    for j, ref in enumerate(refs):
+        assert torch.equal(got[j * b:(j + 1) * b, :ref.shape[1]], ref), [iv.id for iv in conds[j]]
 
 
 def test_o_proj_patch_composes_like_the_hooks() -> None:
