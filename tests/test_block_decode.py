@@ -95,6 +95,54 @@ def test_generations_equal_the_hooks_with_a_shared_prefix() -> None:
     assert len(texts) > len(rest) + 3, "the conditions must change the generations"
 
 
+class Recording:
+    """A decoder that keeps what each call decoded (``Decoded``: tokens, row_steps) and the rows it started with."""
+
+    def __init__(self, decoder) -> None:  # noqa: ANN001
+        self.decoder, self.calls = decoder, []
+        self.prefix_cache = decoder.prefix_cache
+
+    def __call__(self, model, input_ids, attention_mask, **kw):  # noqa: ANN001, ANN003, ANN204
+        out = self.decoder(model, input_ids, attention_mask, **kw)
+        self.calls.append(out)
+        return out
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_ended_rows_leave_the_batch(compact: bool) -> None:
+    """Rows that end leave the running batch with their cache (BlockDecoder and the hooked row blocks alike): fewer
+    rows are computed than a batch kept to the end would compute, and every condition's generations still equal
+    generate_until under ablate, token for token (the running rows' blocks follow them through each compaction)."""
+    from depthprobe.sweep.generation_engine import HookedBlockDecoder
+
+    model = bridge(CHECKPOINTS_DIR / "organism-base")
+    inst = get_task("organism_reasoning").instances(limit=6, num_fewshot=1)
+    prompts = [i.prompt for i in inst]
+    prefix = shared_prefix(prompts, "\n\n")
+    rest = [p[len(prefix):] for p in prompts]
+    exact = [[], [dp.skip_layer(2)], [dp.zero_head(3, 1)], [dp.skip_layer(3)], [dp.zero_kv_group(1, 0)]]
+    means = [[dp.mean_head(3, h, ["Q: 3 plus 4?\nA: 3 + 4 = 7. The answer is 7."])] for h in (0, 1, 5)]
+    kw = dict(until=["Q:"], max_gen_toks=48, batch_size=3, prefix=prefix)
+    plan = plan_generation(model, rest, **kw)
+    for conds, decoder in ((exact, BlockDecoder(exact)), (means, HookedBlockDecoder(model, means))):
+        decoder.compact = compact
+        rec = Recording(decoder)
+        got = plan.run(model, rec, copies=len(conds))
+        for cond, mine in zip(conds, got):
+            with dp.ablate(model, *cond):
+                ref = generate_until(model, rest, **kw)
+            assert [g.text for g in mine] == [r.text for r in ref], condition_id(cond)
+            assert [(g.n_tokens, g.hit_stop) for g in mine] == [(r.n_tokens, r.hit_stop) for r in ref]
+        kept = sum(len(d.tokens) * max(map(len, d.tokens)) for d in rec.calls)  # every row to the last step
+        needed = sum(len(t) for d in rec.calls for t in d.tokens)
+        done = sum(d.row_steps for d in rec.calls)
+        assert needed < kept, "rows must end at different steps for this test to mean anything"
+        if compact:
+            assert needed <= done < kept, type(decoder).__name__
+        else:
+            assert done == kept, type(decoder).__name__
+
+
 def test_prefix_cache_is_shared_below_the_first_edited_layer(tiny_llama_dir: Path) -> None:
     """Rows of the block prefix cache: bitwise the unablated cache below f, the condition's own cache from f on;
     and the decoder layers run once for the shared part (sum over conditions of L - f, plus one unablated pass)."""

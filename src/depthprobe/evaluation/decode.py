@@ -26,10 +26,15 @@ __all__ = ["Decoded", "Decoder", "HookedDecoder", "LoopDecoder", "prefix_cache"]
 
 @dataclass(frozen=True)
 class Decoded:
-    """Generated ids per row, up to and including the token that ended it, and whether it ended by itself."""
+    """Generated ids per row, up to and including the token that ended it, and whether it ended by itself.
+
+    ``row_steps`` counts the rows of every forward that was run (prefill included): the decoding's
+    work, which dropping ended rows (:attr:`LoopDecoder.compact`) reduces.
+    """
 
     tokens: list[list[int]]
     hit_stop: list[bool]
+    row_steps: int = 0
 
 
 class Decoder(Protocol):
@@ -64,7 +69,21 @@ class LoopDecoder:
     Reproduces Hugging Face ``generate(do_sample=False)`` token for token (left padding,
     mask-derived position ids, ``DynamicCache``). :meth:`step` returns the last position's
     logits ``[batch, vocab]`` of one forward that appends to ``cache``.
+
+    With :attr:`compact`, rows that have ended leave the batch (with their KV cache) once they are
+    a quarter of it, so a batch whose rows end at different steps stops paying for the ended ones;
+    :attr:`rows` then names the original row of each row of the running batch. Hugging Face
+    ``generate`` and lm-eval keep ended rows, and a smaller batch may round differently, so the
+    evaluator's decoders, which reproduce their batches, leave it off; the sweep engine's
+    decoders, whose batches differ from them anyway, turn it on.
     """
+
+    #: drop ended rows from the running batch (and their cache rows)
+    compact: bool = False
+    #: the fraction of the running batch that must have ended before it is compacted (each compaction copies the cache)
+    compact_fraction: float = 0.25
+    #: original row index of each row of the running batch; None while it is the whole batch, in order
+    rows: Tensor | None = None
 
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         raise NotImplementedError
@@ -107,21 +126,36 @@ class LoopDecoder:
         step_ids = input_ids
         out: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
-        for n in range(max_new_tokens):
-            logits = (self.step if n else self.prefill)(model, step_ids, mask, step_pos, cache)
-            next_ids = logits.float().argmax(dim=-1).tolist()
-            for row, tok in enumerate(next_ids):
-                if done[row]:
-                    next_ids[row] = pad
-                    continue
-                out[row].append(tok)
-                done[row] = policy.is_done(out[row])
-            if all(done):
-                break
-            step_ids = torch.tensor(next_ids, dtype=input_ids.dtype, device=device)[:, None]
-            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            step_pos = step_pos[:, -1:] + 1
-        return Decoded(out, list(done))
+        live = list(range(batch))  # the original row of each row of the running batch
+        self.rows, row_steps = None, 0
+        try:
+            for n in range(max_new_tokens):
+                logits = (self.step if n else self.prefill)(model, step_ids, mask, step_pos, cache)
+                row_steps += len(live)
+                next_ids = logits.float().argmax(dim=-1).tolist()
+                for at, tok in enumerate(next_ids):
+                    row = live[at]
+                    if done[row]:
+                        next_ids[at] = pad
+                        continue
+                    out[row].append(tok)
+                    done[row] = policy.is_done(out[row])
+                if all(done):
+                    break
+                ended = sum(done[row] for row in live)
+                if self.compact and ended and ended >= self.compact_fraction * len(live):
+                    keep = [at for at, row in enumerate(live) if not done[row]]
+                    index = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(index)
+                    mask, step_pos = mask[index], step_pos[index]
+                    next_ids, live = [next_ids[at] for at in keep], [live[at] for at in keep]
+                    self.rows = torch.tensor(live, device=device)
+                step_ids = torch.tensor(next_ids, dtype=input_ids.dtype, device=device)[:, None]
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+                step_pos = step_pos[:, -1:] + 1
+        finally:
+            self.rows = None
+        return Decoded(out, list(done), row_steps)
 
 
 class HookedDecoder(LoopDecoder):

@@ -102,11 +102,13 @@ class BlockDecoder(HookFreeDecoder):
     greedy tokens are checked equal in the tests). Where the blocks still agree, the work is
     shared: the few-shot prefix (:meth:`prefix_cache`) and the prompts (the first forward) run
     unablated once, and each condition only from its first edited layer on (conditions with the
-    same first layer together). The one-token decode steps run all blocks in one forward.
+    same first layer together). The one-token decode steps run all blocks in one forward, and rows
+    that have ended leave it (:attr:`~depthprobe.evaluation.decode.LoopDecoder.compact`).
     """
 
     #: prompt tokens (rows x positions) of one forward of the shared first step; bounds its attention memory
     prefill_tokens = 16384
+    compact = True
 
     def __init__(self, conditions: Sequence[Iterable[Any]], *, attn_implementation: str | None = None) -> None:
         super().__init__((), attn_implementation=attn_implementation)
@@ -114,6 +116,13 @@ class BlockDecoder(HookFreeDecoder):
         if not self.conditions:
             raise ValueError("BlockDecoder needs at least one condition")
         self._edits: RowEdits | None = None
+        self._block_rows = 0
+
+    def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
+                 policy: StopPolicy, past_key_values: Any = None) -> Decoded:
+        self._block_rows = input_ids.shape[0] // len(self.conditions)
+        return super().__call__(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, policy=policy,
+                                past_key_values=past_key_values)
 
     def _rows(self, model: Any) -> RowEdits:
         if self._edits is None:
@@ -126,7 +135,8 @@ class BlockDecoder(HookFreeDecoder):
         return contextlib.nullcontext(self._rows(model).plain)
 
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
-        with self._rows(model).applied():
+        blocks = None if self.rows is None else self.rows // self._block_rows  # rows still running, by block
+        with self._rows(model).applied(row_blocks=blocks):
             return super().step(model, ids, mask, positions, cache)
 
     def prefill(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:

@@ -241,14 +241,16 @@ class RowEdits:
 
     @contextlib.contextmanager
     def applied(self, members: Sequence[int] | None = None, *, start: int = 0,
-                start_hidden: Tensor | None = None) -> Iterator[torch.nn.Module]:
+                start_hidden: Tensor | None = None, row_blocks: Tensor | None = None) -> Iterator[torch.nn.Module]:
         """The plain model with block ``j`` of every batch under condition ``members[j]`` (default: all, in order).
 
         ``start`` > 0 runs layers ``start..`` only (KV-cache index 0 is layer ``start``), with
         ``start_hidden`` (one row, tiled over the batch) as the residual stream entering layer ``start``.
+        ``row_blocks`` gives the block of every row when the batch is not ``k`` equal contiguous
+        blocks (a batch whose ended rows were dropped).
         """
         members = list(range(len(self.editors))) if members is None else list(members)
-        k = len(members)
+        layout = _Layout(len(members), row_blocks)
         if start and start_hidden is None:
             raise ValueError("start > 0 needs start_hidden, the residual stream entering that layer")
         linear: dict[torch.nn.Module, list[tuple[int, Tensor, Tensor | None]]] = {}
@@ -263,10 +265,10 @@ class RowEdits:
         handles = []
         try:
             for mod, entries in linear.items():
-                handles.append(mod.register_forward_hook(_linear_rows(entries, k)))
+                handles.append(mod.register_forward_hook(_linear_rows(entries, layout)))
             for layer, blocks in dropped.items():
                 if layer >= start:
-                    handles.append(layers[layer].register_forward_hook(_identity_rows(blocks, k)))
+                    handles.append(layers[layer].register_forward_hook(_identity_rows(blocks, layout)))
             if start:
                 handles.append(layers[start].register_forward_pre_hook(_set_input(start_hidden)))  # type: ignore[arg-type]
             with kept_layers(self.plain, list(range(start, self.n_layers))):
@@ -276,31 +278,49 @@ class RowEdits:
                 handle.remove()
 
 
-def _block(batch: int, k: int) -> int:
-    if batch % k:
-        raise ValueError(f"a batch of {batch} rows cannot hold {k} equal row blocks")
-    return batch // k
+class _Layout:
+    """The rows of block ``j`` in a batch: ``k`` equal contiguous blocks, or as ``row_blocks`` (block of each row) says."""
+
+    def __init__(self, k: int, row_blocks: Tensor | None) -> None:
+        self.k, self.row_blocks = k, row_blocks
+        self._index: dict[int, Tensor] = {}
+
+    def rows(self, j: int, batch: int) -> slice | Tensor | None:
+        """Block ``j``'s rows of a batch of ``batch`` rows (None: it has none left)."""
+        if self.row_blocks is None:
+            if batch % self.k:
+                raise ValueError(f"a batch of {batch} rows cannot hold {self.k} equal row blocks")
+            b = batch // self.k
+            return slice(j * b, (j + 1) * b)
+        if self.row_blocks.shape[0] != batch:
+            raise ValueError(f"row_blocks names {self.row_blocks.shape[0]} rows; the batch has {batch}")
+        if j not in self._index:
+            self._index[j] = (self.row_blocks == j).nonzero()[:, 0]
+        index = self._index[j]
+        return index if index.numel() else None
 
 
-def _linear_rows(entries: list[tuple[int, Tensor, Tensor | None]], k: int) -> Any:
+def _linear_rows(entries: list[tuple[int, Tensor, Tensor | None]], layout: _Layout) -> Any:
     def hook(module: torch.nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
         x = args[0]
-        b = _block(x.shape[0], k)
         for j, weight, bias in entries:
-            out[j * b:(j + 1) * b] = torch.nn.functional.linear(x[j * b:(j + 1) * b], weight, bias)
+            rows = layout.rows(j, x.shape[0])
+            if rows is not None:
+                out[rows] = torch.nn.functional.linear(x[rows], weight, bias)
         return out
 
     return hook
 
 
-def _identity_rows(blocks: list[int], k: int) -> Any:
+def _identity_rows(blocks: list[int], layout: _Layout) -> Any:
     def hook(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         if not isinstance(out, Tensor):
             raise TypeError(f"row-wise layer removal expects a decoder layer returning a tensor, got {type(out).__name__}")
         hidden = args[0]
-        b = _block(hidden.shape[0], k)
         for j in blocks:
-            out[j * b:(j + 1) * b] = hidden[j * b:(j + 1) * b]
+            rows = layout.rows(j, hidden.shape[0])
+            if rows is not None:
+                out[rows] = hidden[rows]
         return out
 
     return hook

@@ -27,15 +27,21 @@ from depthprobe.types import TokenMask, Tokens
 __all__ = ["condition_logits", "iter_condition_logits", "plan_tails", "score_conditions"]
 
 
-def _row_hook(fn: Callable[..., Tensor | None], rows: slice) -> Callable[..., Tensor | None]:
-    """Run an intervention's hook on one row block of the batch only."""
+def _row_hook(fn: Callable[..., Tensor | None], rows: slice | Callable[[], slice | Tensor]) -> Callable[..., Tensor | None]:
+    """Run an intervention's hook on one row block of the batch only (``rows``, or a callable giving them now)."""
 
     def hook(tensor: Tensor, hook: Any) -> Tensor | None:
-        out = fn(tensor[rows], hook)
+        where = rows() if callable(rows) else rows
+        if isinstance(where, Tensor) and not where.numel():
+            return None  # the block has no rows left in the batch
+        part = tensor[where]
+        out = fn(part, hook)
         if out is None:
-            return None
+            if not isinstance(where, Tensor):
+                return None  # edited in place through the view
+            out = part  # an index gives a copy: edited in place, it goes back below
         tensor = tensor.clone()
-        tensor[rows] = out
+        tensor[where] = out
         return tensor
 
     hook.__name__ = getattr(fn, "__name__", "hook")

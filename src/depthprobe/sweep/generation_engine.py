@@ -15,7 +15,7 @@ rounding of a larger batch (tested on the tiny models and the organisms, with ma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -43,7 +43,10 @@ class HookedBlockDecoder(HookedDecoder):
 
     For conditions without an exact weight edit (mean ablation, hook-only kinds). Conditions that
     share a stateful intervention (an o_proj patch stashes ``z``) must not share one decoder.
+    Rows that have ended leave the batch (:attr:`~depthprobe.evaluation.decode.LoopDecoder.compact`).
     """
+
+    compact = True
 
     def __init__(self, model: Any, conditions: Sequence[Condition]) -> None:
         self.conditions = [list(c) for c in conditions]
@@ -55,11 +58,23 @@ class HookedBlockDecoder(HookedDecoder):
         if input_ids.shape[0] % k:
             raise ValueError(f"a batch of {input_ids.shape[0]} rows cannot hold {k} equal row blocks")
         b = input_ids.shape[0] // k
-        hooks = [(name, _row_hook(fn, slice(j * b, (j + 1) * b)))
+        hooks = [(name, _row_hook(fn, self._block(j, b)))
                  for j, bound in enumerate(self.bound) for name, fn in order_hooks(bound)]
         with model.hooks(fwd_hooks=hooks):
             return super().__call__(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                                     policy=policy, past_key_values=past_key_values)
+
+    def _block(self, j: int, b: int) -> Callable[[], slice | Tensor]:
+        """Block ``j``'s rows of the running batch (``b`` rows per block before any row ended)."""
+        memo: list[Tensor] = []  # [running rows, block j's index among them]: once per compaction, not per call
+
+        def rows() -> slice | Tensor:
+            if self.rows is None:
+                return slice(j * b, (j + 1) * b)
+            if not memo or memo[0] is not self.rows:
+                memo[:] = [self.rows, (self.rows // b == j).nonzero()[:, 0]]
+            return memo[1]
+        return rows
 
     def prefix_cache(self, model: Any, prefix_ids: list[int], device: Any) -> DynamicCache:
         """One cache row per condition: the prefix under each condition's hooks."""
