@@ -41,7 +41,7 @@ from depthprobe.evaluation.decode import LoopDecoder
 from depthprobe.evaluation.fast_decode import BlockDecoder, HookFreeDecoder
 from depthprobe.evaluation.generation import generate_until
 from depthprobe.sweep import condition_id, layer_grid
-from depthprobe.sweep.generation_engine import generate_conditions
+from depthprobe.sweep.generation_engine import HookedBlockDecoder, generate_conditions
 from depthprobe.tasks import get_task
 from depthprobe.tiny import make_tiny_model
 
@@ -50,19 +50,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def counted(rows: list[int], *, compact: bool = True) -> Iterator[None]:
-    """Add every decode call's computed rows (``Decoded.row_steps``) to ``rows``; ``compact=False`` keeps ended rows."""
-    call, flag = LoopDecoder.__call__, BlockDecoder.compact
+    """Add every decode call's computed rows (``Decoded.row_steps``) to ``rows``; ``compact=False`` keeps ended rows
+    (in both batched decoders)."""
+    call, flags = LoopDecoder.__call__, {cls: cls.compact for cls in (BlockDecoder, HookedBlockDecoder)}
 
     def counting(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         out = call(self, *args, **kwargs)
         rows.append(out.row_steps)
         return out
 
-    LoopDecoder.__call__, BlockDecoder.compact = counting, compact
+    LoopDecoder.__call__ = counting
+    for cls in flags:
+        cls.compact = compact
     try:
         yield
     finally:
-        LoopDecoder.__call__, BlockDecoder.compact = call, flag
+        LoopDecoder.__call__ = call
+        for cls, flag in flags.items():
+            cls.compact = flag
 
 
 def run(name: str, model, task: str, args, data_dir: str | None) -> bool:

@@ -121,18 +121,25 @@ def test_ended_rows_leave_the_batch(compact: bool) -> None:
     prefix = shared_prefix(prompts, "\n\n")
     rest = [p[len(prefix):] for p in prompts]
     exact = [[], [dp.skip_layer(2)], [dp.zero_head(3, 1)], [dp.skip_layer(3)], [dp.zero_kv_group(1, 0)]]
-    means = [[dp.mean_head(3, h, ["Q: 3 plus 4?\nA: 3 + 4 = 7. The answer is 7."])] for h in (0, 1, 5)]
+    means = [[]] + [[dp.mean_head(layer, h, ["Q: 3 plus 4?\nA: 3 + 4 = 7. The answer is 7."])]
+                    for layer, h in ((3, 1), (1, 0), (0, 5))]
     kw = dict(until=["Q:"], max_gen_toks=48, batch_size=3, prefix=prefix)
     plan = plan_generation(model, rest, **kw)
     for conds, decoder in ((exact, BlockDecoder(exact)), (means, HookedBlockDecoder(model, means))):
         decoder.compact = compact
         rec = Recording(decoder)
         got = plan.run(model, rec, copies=len(conds))
+        texts = set()
         for cond, mine in zip(conds, got):
             with dp.ablate(model, *cond):
                 ref = generate_until(model, rest, **kw)
             assert [g.text for g in mine] == [r.text for r in ref], condition_id(cond)
             assert [(g.n_tokens, g.hit_stop) for g in mine] == [(r.n_tokens, r.hit_stop) for r in ref]
+            texts.add(tuple(r.text for r in ref))
+        assert len(texts) == len(conds), "every condition must change the generations, or a block mix-up could pass"
+        # some block other than the last loses rows while a later block's rows still run: the blocks' rows move
+        assert any(any(len(t) < max(map(len, d.tokens)) for t in d.tokens[:len(d.tokens) - len(d.tokens) // len(conds)])
+                   for d in rec.calls), "rows of an earlier block must end first"
         kept = sum(len(d.tokens) * max(map(len, d.tokens)) for d in rec.calls)  # every row to the last step
         needed = sum(len(t) for d in rec.calls for t in d.tokens)
         done = sum(d.row_steps for d in rec.calls)

@@ -117,6 +117,7 @@ class BlockDecoder(HookFreeDecoder):
             raise ValueError("BlockDecoder needs at least one condition")
         self._edits: RowEdits | None = None
         self._block_rows = 0
+        self._layout: tuple[Tensor, list[Tensor]] | None = None  # (running rows, each block's rows among them)
 
     def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
                  policy: StopPolicy, past_key_values: Any = None) -> Decoded:
@@ -135,9 +136,17 @@ class BlockDecoder(HookFreeDecoder):
         return contextlib.nullcontext(self._rows(model).plain)
 
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
-        blocks = None if self.rows is None else self.rows // self._block_rows  # rows still running, by block
-        with self._rows(model).applied(row_blocks=blocks):
+        with self._rows(model).applied(block_rows=self._running_blocks()):
             return super().step(model, ids, mask, positions, cache)
+
+    def _running_blocks(self) -> list[Tensor] | None:
+        """Each block's rows of the running batch once ended rows were dropped (computed once per compaction)."""
+        if self.rows is None:
+            return None
+        if self._layout is None or self._layout[0] is not self.rows:
+            block = self.rows // self._block_rows
+            self._layout = (self.rows, [(block == j).nonzero()[:, 0] for j in range(len(self.conditions))])
+        return self._layout[1]
 
     def prefill(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         return self._shared_forward(ids, mask, positions, cache)

@@ -241,16 +241,19 @@ class RowEdits:
 
     @contextlib.contextmanager
     def applied(self, members: Sequence[int] | None = None, *, start: int = 0,
-                start_hidden: Tensor | None = None, row_blocks: Tensor | None = None) -> Iterator[torch.nn.Module]:
+                start_hidden: Tensor | None = None,
+                block_rows: Sequence[Tensor] | None = None) -> Iterator[torch.nn.Module]:
         """The plain model with block ``j`` of every batch under condition ``members[j]`` (default: all, in order).
 
         ``start`` > 0 runs layers ``start..`` only (KV-cache index 0 is layer ``start``), with
         ``start_hidden`` (one row, tiled over the batch) as the residual stream entering layer ``start``.
-        ``row_blocks`` gives the block of every row when the batch is not ``k`` equal contiguous
-        blocks (a batch whose ended rows were dropped).
+        ``block_rows`` gives the rows of each block (indices into the batch) when the batch is not
+        ``k`` equal contiguous blocks (a batch whose ended rows were dropped).
         """
         members = list(range(len(self.editors))) if members is None else list(members)
-        layout = _Layout(len(members), row_blocks)
+        if block_rows is not None and len(block_rows) != len(members):
+            raise ValueError(f"block_rows names {len(block_rows)} blocks; there are {len(members)} conditions")
+        layout = _Layout(len(members), block_rows)
         if start and start_hidden is None:
             raise ValueError("start > 0 needs start_hidden, the residual stream entering that layer")
         linear: dict[torch.nn.Module, list[tuple[int, Tensor, Tensor | None]]] = {}
@@ -279,24 +282,19 @@ class RowEdits:
 
 
 class _Layout:
-    """The rows of block ``j`` in a batch: ``k`` equal contiguous blocks, or as ``row_blocks`` (block of each row) says."""
+    """The rows of block ``j`` in a batch: ``k`` equal contiguous blocks, or ``block_rows[j]``."""
 
-    def __init__(self, k: int, row_blocks: Tensor | None) -> None:
-        self.k, self.row_blocks = k, row_blocks
-        self._index: dict[int, Tensor] = {}
+    def __init__(self, k: int, block_rows: Sequence[Tensor] | None) -> None:
+        self.k, self.block_rows = k, block_rows
 
     def rows(self, j: int, batch: int) -> slice | Tensor | None:
         """Block ``j``'s rows of a batch of ``batch`` rows (None: it has none left)."""
-        if self.row_blocks is None:
+        if self.block_rows is None:
             if batch % self.k:
                 raise ValueError(f"a batch of {batch} rows cannot hold {self.k} equal row blocks")
             b = batch // self.k
             return slice(j * b, (j + 1) * b)
-        if self.row_blocks.shape[0] != batch:
-            raise ValueError(f"row_blocks names {self.row_blocks.shape[0]} rows; the batch has {batch}")
-        if j not in self._index:
-            self._index[j] = (self.row_blocks == j).nonzero()[:, 0]
-        index = self._index[j]
+        index = self.block_rows[j]
         return index if index.numel() else None
 
 
