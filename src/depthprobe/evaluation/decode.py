@@ -72,7 +72,8 @@ class LoopDecoder:
 
     With :attr:`compact`, rows that have ended leave the batch (with their KV cache) once they are
     a quarter of it, so a batch whose rows end at different steps stops paying for the ended ones;
-    :attr:`rows` then names the original row of each row of the running batch. Hugging Face
+    a decoder whose batches are :attr:`row_blocks` equal blocks (one condition each) then finds
+    each block's rows of the running batch in :attr:`block_rows`. Hugging Face
     ``generate`` and lm-eval keep ended rows, and a smaller batch may round differently, so the
     evaluator's decoders, which reproduce their batches, leave it off; the sweep engine's
     decoders, whose batches differ from them anyway, turn it on.
@@ -82,8 +83,10 @@ class LoopDecoder:
     compact: bool = False
     #: the fraction of the running batch that must have ended before it is compacted (each compaction copies the cache)
     compact_fraction: float = 0.25
-    #: original row index of each row of the running batch; None while it is the whole batch, in order
-    rows: Tensor | None = None
+    #: equal row blocks of every batch: block ``j`` is rows ``j*B .. (j+1)*B`` (a sweep decoder's ``j``-th condition)
+    row_blocks: int = 1
+    #: each block's rows (indices into the running batch) once ended rows were dropped; None while the batch is whole
+    block_rows: list[Tensor] | None = None
 
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         raise NotImplementedError
@@ -95,6 +98,8 @@ class LoopDecoder:
     def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
                  policy: StopPolicy, past_key_values: Any = None) -> Decoded:
         batch, n_new = input_ids.shape
+        if batch % self.row_blocks:
+            raise ValueError(f"a batch of {batch} rows cannot hold {self.row_blocks} equal row blocks")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if attention_mask.shape[0] != batch:
@@ -127,7 +132,7 @@ class LoopDecoder:
         out: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
         live = list(range(batch))  # the original row of each row of the running batch
-        self.rows, row_steps = None, 0
+        self.block_rows, row_steps = None, 0
         try:
             for n in range(max_new_tokens):
                 logits = (self.step if n else self.prefill)(model, step_ids, mask, step_pos, cache)
@@ -149,12 +154,13 @@ class LoopDecoder:
                     cache.batch_select_indices(index)
                     mask, step_pos = mask[index], step_pos[index]
                     next_ids, live = [next_ids[at] for at in keep], [live[at] for at in keep]
-                    self.rows = torch.tensor(live, device=device)
+                    block = torch.tensor(live, device=device) // (batch // self.row_blocks)
+                    self.block_rows = [(block == j).nonzero()[:, 0] for j in range(self.row_blocks)]
                 step_ids = torch.tensor(next_ids, dtype=input_ids.dtype, device=device)[:, None]
                 mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
                 step_pos = step_pos[:, -1:] + 1
         finally:
-            self.rows = None
+            self.block_rows = None
         return Decoded(out, list(done), row_steps)
 
 

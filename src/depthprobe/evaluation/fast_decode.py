@@ -115,15 +115,8 @@ class BlockDecoder(HookFreeDecoder):
         self.conditions = [tuple(c) for c in conditions]
         if not self.conditions:
             raise ValueError("BlockDecoder needs at least one condition")
+        self.row_blocks = len(self.conditions)
         self._edits: RowEdits | None = None
-        self._block_rows = 0
-        self._layout: tuple[Tensor, list[Tensor]] | None = None  # (running rows, each block's rows among them)
-
-    def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
-                 policy: StopPolicy, past_key_values: Any = None) -> Decoded:
-        self._block_rows = input_ids.shape[0] // len(self.conditions)
-        return super().__call__(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, policy=policy,
-                                past_key_values=past_key_values)
 
     def _rows(self, model: Any) -> RowEdits:
         if self._edits is None:
@@ -136,17 +129,8 @@ class BlockDecoder(HookFreeDecoder):
         return contextlib.nullcontext(self._rows(model).plain)
 
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
-        with self._rows(model).applied(block_rows=self._running_blocks()):
+        with self._rows(model).applied(block_rows=self.block_rows):
             return super().step(model, ids, mask, positions, cache)
-
-    def _running_blocks(self) -> list[Tensor] | None:
-        """Each block's rows of the running batch once ended rows were dropped (computed once per compaction)."""
-        if self.rows is None:
-            return None
-        if self._layout is None or self._layout[0] is not self.rows:
-            block = self.rows // self._block_rows
-            self._layout = (self.rows, [(block == j).nonzero()[:, 0] for j in range(len(self.conditions))])
-        return self._layout[1]
 
     def prefill(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         return self._shared_forward(ids, mask, positions, cache)

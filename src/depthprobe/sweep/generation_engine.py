@@ -51,13 +51,11 @@ class HookedBlockDecoder(HookedDecoder):
     def __init__(self, model: Any, conditions: Sequence[Condition]) -> None:
         self.conditions = [list(c) for c in conditions]
         self.bound = [bind_all(model, c) for c in self.conditions]
+        self.row_blocks = len(self.conditions)
 
     def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
                  policy: StopPolicy, past_key_values: Any = None) -> Decoded:
-        k = len(self.conditions)
-        if input_ids.shape[0] % k:
-            raise ValueError(f"a batch of {input_ids.shape[0]} rows cannot hold {k} equal row blocks")
-        b = input_ids.shape[0] // k
+        b = input_ids.shape[0] // self.row_blocks  # the loop refuses a batch that is not equal blocks
         hooks = [(name, _row_hook(fn, self._block(j, b)))
                  for j, bound in enumerate(self.bound) for name, fn in order_hooks(bound)]
         with model.hooks(fwd_hooks=hooks):
@@ -66,14 +64,8 @@ class HookedBlockDecoder(HookedDecoder):
 
     def _block(self, j: int, b: int) -> Callable[[], slice | Tensor]:
         """Block ``j``'s rows of the running batch (``b`` rows per block before any row ended)."""
-        memo: list[Tensor] = []  # [running rows, block j's index among them]: once per compaction, not per call
-
         def rows() -> slice | Tensor:
-            if self.rows is None:
-                return slice(j * b, (j + 1) * b)
-            if not memo or memo[0] is not self.rows:
-                memo[:] = [self.rows, (self.rows // b == j).nonzero()[:, 0]]
-            return memo[1]
+            return slice(j * b, (j + 1) * b) if self.block_rows is None else self.block_rows[j]
         return rows
 
     def prefix_cache(self, model: Any, prefix_ids: list[int], device: Any) -> DynamicCache:
