@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from depthprobe.evaluation import evaluate  # noqa: E402
+from depthprobe.evaluator import evaluate  # noqa: E402
 from depthprobe.models import load_model  # noqa: E402
 from tests.lm_eval_reference import (  # noqa: E402
     RefTask, make_task_manager, request_results, run_lm_eval, write_jsonl, write_task_yaml,

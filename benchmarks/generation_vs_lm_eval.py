@@ -22,7 +22,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import depthprobe as dp  # noqa: E402
-from depthprobe.generation import generate_until  # noqa: E402
+from depthprobe.evaluation.generation import generate_until  # noqa: E402
 
 
 def main() -> None:

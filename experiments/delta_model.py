@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         conditions = SCHEDULES[name](model, source, alpha=args.alpha)
         frames[name] = cli.sweep(model, task, conditions, args, "delta_model", task, name)
         print(cli.summary(frames[name], [metric], title=f"{task}: o_proj replacement, {name}"))
-    cli.save(plots.o_proj_curves(frames, metric=metric, title=f"{args.model} <- o_proj of {args.source or 'distilled'}"),
+    title = plots.run_title(f"o_proj of {args.source or 'distilled'} patched in", frames, model=args.model, task=task,
+                            limit=args.limit)
+    cli.save(plots.o_proj_curves(frames, metric=metric, title=title),
              args, "delta_model")
     return 0
 

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         frames[name] = cli.sweep(model, task, "layers", args_for, "distilled", task)
         print(cli.summary(frames[name], [metric], title=f"{name}: {task}"))
         del model
-    cli.save(plots.layer_curves(frames, [metric], title=f"base vs distilled: {task}, layer skips"), args, "distilled")
+    title = plots.run_title(f"base vs distilled: {task}, layer skips", frames, model=list(frames), task=task,
+                            limit=args.limit)
+    cli.save(plots.layer_curves(frames, [metric], title=title), args, "distilled")
     return 0
 
 

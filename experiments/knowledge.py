@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     for task in ORGANISM if cli.is_organism(args.model) else STUDY:
         df = cli.sweep(model, task, "layers", args, "knowledge", task)
         print(cli.summary(df, ["acc", "acc_norm"], title=task))
-        cli.save(plots.layer_curves(df, ["acc", "acc_norm"], title=f"{args.model}: {task}, layer skips"),
+        title = plots.run_title(f"{task}, layer skips", df, model=args.model, task=task, limit=args.limit)
+        cli.save(plots.layer_curves(df, ["acc", "acc_norm"], title=title),
                  args, f"knowledge_{task}")
     return 0
 

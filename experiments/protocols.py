@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                                            [("", ""), ("delta_", ""), ("delta_", "_stderr"), ("delta_", "_ci_low"),
                                             ("delta_", "_ci_high")]})
         print(cli.summary(df, [metric], title=f"{task}: {label}"))
-    cli.save(plots.layer_curves(frames, ["score"], title=f"{args.model}: layer skips under three protocols"),
+    title = plots.run_title("layer skips under three protocols", frames, model=args.model, task=list(tasks.values()),
+                            limit=args.limit)
+    cli.save(plots.layer_curves(frames, ["score"], title=title),
              args, "protocols")
     return 0
 

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             df = cli.sweep(model, task, "layers", args, *parts, num_fewshot=k, **options)
             frames[label] = df
             print(cli.summary(df, [metric], title=f"{task} {label}"))
-    cli.save(plots.layer_curves(frames, [metric], title=f"{args.model}: {task}, layer skips"), args, "reasoning_layers")
+    title = plots.run_title(f"{task}, layer skips", frames, model=args.model, task=task, limit=args.limit)
+    cli.save(plots.layer_curves(frames, [metric], title=title), args, "reasoning_layers")
     return 0
 
 

@@ -22,13 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     kv_options = {} if args.n_pairs is None else {"n_pairs": args.n_pairs}
     kv = cli.sweep(model, tasks["kv"], "layers", args, "retrieval", tasks["kv"], **kv_options)
     print(cli.summary(kv, ["acc"], title=tasks["kv"]))
-    cli.save(plots.layer_curves(kv, ["acc"], title=f"{args.model}: key-value retrieval, layer skips"),
+    title = plots.run_title("key-value retrieval, layer skips", kv, model=args.model, task=tasks["kv"],
+                            limit=args.limit)
+    cli.save(plots.layer_curves(kv, ["acc"], title=title),
              args, "retrieval_kv")
     books = {}
     for label in ("closed book", "open book"):
         books[label] = cli.sweep(model, tasks[label], "layers", args, "retrieval", tasks[label])
         print(cli.summary(books[label], ["acc", "acc_norm"], title=f"{tasks[label]} ({label})"))
-    cli.save(plots.layer_curves(books, ["acc"], title=f"{args.model}: closed vs open book, layer skips"),
+    title = plots.run_title("closed vs open book, layer skips", books, model=args.model,
+                            task=[tasks["closed book"], tasks["open book"]], limit=args.limit)
+    cli.save(plots.layer_curves(books, ["acc"], title=title),
              args, "retrieval_books")
     return 0
 

@@ -27,11 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     print(cli.summary(df, ["acc"], title=f"{task}: heads and groups of layers {layers}"))
     r = model_dims(model).group_size
     for layer in layers:
-        cli.save(plots.head_attribution(df, layer, metric="acc", group_size=r,
-                                        title=f"{args.model}: {task}, heads of layer {layer}"),
+        title = plots.run_title(f"{task}, heads of layer {layer}", df, model=args.model, task=task, limit=args.limit)
+        cli.save(plots.head_attribution(df, layer, metric="acc", group_size=r, title=title),
                  args, f"retrieval_heads_L{layer}")
     if len(layers) > 1:
-        cli.save(plots.head_heatmap(df, metric="acc", title=f"{args.model}: {task}, delta acc per head"),
+        title = plots.run_title(f"{task}, delta acc per head", df, model=args.model, task=task, limit=args.limit)
+        cli.save(plots.head_heatmap(df, metric="acc", title=title),
                  args, "retrieval_heads_heatmap")
     return 0
 

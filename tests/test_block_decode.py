@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 import depthprobe as dp
 from depthprobe import adapter
-from depthprobe.evaluation.api import shared_prefix
+from depthprobe.evaluator import shared_prefix
 from depthprobe.evaluation.fast_decode import BlockDecoder, HookFreeDecoder
 from depthprobe.evaluation.generation import generate_until, plan_generation
 from depthprobe.evaluation.tokenize import left_pad
@@ -113,7 +113,7 @@ def test_ended_rows_leave_the_batch(compact: bool) -> None:
     """Rows that end leave the running batch with their cache (BlockDecoder and the hooked row blocks alike): fewer
     rows are computed than a batch kept to the end would compute, and every condition's generations still equal
     generate_until under ablate, token for token (the running rows' blocks follow them through each compaction)."""
-    from depthprobe.sweep.generation_engine import HookedBlockDecoder
+    from depthprobe.engine.generation import HookedBlockDecoder
 
     model = bridge(CHECKPOINTS_DIR / "organism-base")
     inst = get_task("organism_reasoning").instances(limit=6, num_fewshot=1)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import depthprobe as dp
-from depthprobe.chat import apply_chat_template, generate_chat
+from depthprobe.evaluation.chat import apply_chat_template, generate_chat
 
 from .test_generation import QWEN_LIKE_TEMPLATE
 

@@ -1,4 +1,4 @@
-"""depthprobe.filters against lm-eval 0.4.13's own filter classes and exact_match metric."""
+"""depthprobe.evaluation.filters against lm-eval 0.4.13's own filter classes and exact_match metric."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from lm_eval.api.metrics import exact_match_hf_evaluate
 from lm_eval.filters.extraction import RegexFilter, WhitespaceFilter
 from lm_eval.filters.selection import TakeFirstFilter
 
-from depthprobe.filters import (
+from depthprobe.evaluation.filters import (
     FILTERS,
     FLEXIBLE,
     GSM8K_COT_STRICT,

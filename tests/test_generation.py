@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from depthprobe.chat import THINK_END, apply_chat_template, strip_thinking
-from depthprobe.generation import Generation, generate_until, greedy_generate, max_context_length
+from depthprobe.evaluation.chat import THINK_END, apply_chat_template, strip_thinking
+from depthprobe.evaluation.generation import Generation, generate_until, greedy_generate, max_context_length
 from depthprobe.models import load_model
 from depthprobe.tiny import make_tiny_model
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 import depthprobe as dp
-from depthprobe.evaluation.api import shared_prefix
+from depthprobe.evaluator import shared_prefix
 from depthprobe.evaluation.generation import generate_until
 from depthprobe.organisms import CHECKPOINTS_DIR
 from depthprobe.sweep import condition_id
-from depthprobe.sweep.generation_engine import generate_conditions
+from depthprobe.engine.generation import generate_conditions
 from depthprobe.tasks import get_task
 
 from tests.bridges import bridge

@@ -26,7 +26,7 @@ from depthprobe.interventions import (
     mean_head,
 )
 from depthprobe.sweep import condition_from_id, condition_id, condition_logits, parse_grid
-from depthprobe.sweep.engine import _chunks
+from depthprobe.engine.logits import _chunks
 from depthprobe.tasks import get_task
 from depthprobe.tiny import make_tiny_model
 
@@ -375,7 +375,7 @@ class TestMeanHead:
         assert torch.equal(by_task, by_texts)
 
     def test_in_cached_generation(self, tiny_llama_dir: Path) -> None:
-        from depthprobe.generation import greedy_generate
+        from depthprobe.evaluation.generation import greedy_generate
 
         model = bridge(tiny_llama_dir)
         ids = model.tokenizer("Once upon a time", return_tensors="pt").input_ids

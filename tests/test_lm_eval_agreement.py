@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from depthprobe.evaluation import evaluate
+from depthprobe.evaluator import evaluate
 from depthprobe.models import load_model
 
 from tests.tolerance import ForwardShape, loglikelihood_bound, text_logit_scale

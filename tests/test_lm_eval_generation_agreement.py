@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from depthprobe.evaluation import evaluate
+from depthprobe.evaluator import evaluate
 from depthprobe.models import load_model
 from depthprobe.tasks import get_task
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from depthprobe.evaluation import evaluate
+from depthprobe.evaluator import evaluate
 from depthprobe.evaluation.loglikelihood import encode_pair, model_max_length, score_choices
 from depthprobe.models import load_model
 

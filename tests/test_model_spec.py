@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import depthprobe as dp
-from depthprobe.adapter import model_identity
+from depthprobe.identity import model_identity
 from depthprobe.model_spec import as_model_spec
 from tests.bridges import bridge
 

@@ -3,7 +3,7 @@
 Multiple-choice scoring here is deliberately independent of ``depthprobe.evaluate``'s scoring path:
 summed continuation log-probabilities from one plain bridge forward per row; only the rules
 (lm-eval's tokenization, the argmax) are depthprobe's single copies.
-Greedy decoding uses ``depthprobe.generation.generate_until`` (KV-cached, batched), checked here
+Greedy decoding uses ``depthprobe.evaluation.generation.generate_until`` (KV-cached, batched), checked here
 against decoding by full recomputation on a few prompts.
 """
 
@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 import depthprobe
 from depthprobe.evaluation.metrics import choice_predictions
 from depthprobe.evaluation.tokenize import encode_pair
-from depthprobe.generation import generate_until
+from depthprobe.evaluation.generation import generate_until
 from depthprobe.interventions import skip_layer, zero_head, zero_kv_group
 from depthprobe.organisms import ORGANISMS, checkpoint_path, data
 from depthprobe.organisms.tokenizer import build_tokenizer

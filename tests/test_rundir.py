@@ -22,7 +22,7 @@ import pytest
 import depthprobe as dp
 from depthprobe import hashing
 from depthprobe.data import DataFormatError
-from depthprobe.evaluation.api import TruncationWarning
+from depthprobe.evaluator import TruncationWarning
 from depthprobe.organisms import CHECKPOINTS_DIR
 from depthprobe.results import DamagedRunError, ManifestMismatchError, RunDir, build_manifest, load_results
 from depthprobe.sweep import run_sweep

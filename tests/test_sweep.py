@@ -180,7 +180,7 @@ def test_condition_ids_and_grids(tiny_llama_dir: Path) -> None:
 
 def _evaluate():
     try:
-        from depthprobe.evaluation import evaluate
+        from depthprobe.evaluator import evaluate
     except ImportError as err:
         pytest.skip(f"depthprobe.evaluation is not available yet ({err})")
     return evaluate

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from depthprobe.data import DatasetNotFoundError, DatasetRef, load_split
-from depthprobe.evaluation import evaluate
+from depthprobe.evaluator import evaluate
 from depthprobe.evaluation.metrics import choice_predictions, exact_match, mean_stderr
 from depthprobe.tasks import get_task, list_tasks
 from depthprobe.tasks.gsm8k import COT_EXEMPLARS

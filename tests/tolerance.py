@@ -24,6 +24,18 @@ float32 rounding, not fitted to one machine:
 
       |Δ ll| <= 2 * n * logit_bound + n * u * |ll|
 
+**bfloat16** (the dtype of the study's 8B runs, checked on the GPU by ``benchmarks/device_check.py``) is
+derived the same way. Matrix products read bfloat16 operands, accumulate in float32 and round
+their result to bfloat16; norms and softmax compute in float32 and round their result too. So
+each of the ``L + 1`` stages adds the float32 reduction error above plus one bfloat16 rounding of
+its result, ``u_bf16 = 2**-8`` relative::
+
+      |Δ logit| <= bf16_logit_bound = 2 * (L + 1) * (u_bf16 + sqrt(K) * u) * S
+
+and a summed log-likelihood (log-softmax in bfloat16, as lm-eval computes it in the model's
+dtype) ``|Δ ll| <= 2 * n * bf16_logit_bound + n * u_bf16 * |ll|``. :func:`bound_for` picks the
+policy of a dtype.
+
 These bounds hold on every kernel set (the suite runs under ``default``, ``avx2`` and the native
 set in CI). They are looser than the differences one machine happens to show, so every
 exactness claim that a looser float32 bound could hide also has a float64 twin
@@ -41,6 +53,8 @@ from typing import Any
 import torch
 
 U32 = 2.0 ** -24
+#: Unit roundoff of bfloat16 (8 significand bits).
+UBF16 = 2.0 ** -8
 #: Absolute bound of the float64 twins: float64 rounding of these tiny models is below 1e-13.
 FLOAT64_ATOL = 1e-9
 
@@ -68,6 +82,25 @@ def logit_bound(shape: ForwardShape, scale: float) -> float:
 def loglikelihood_bound(shape: ForwardShape, scale: float, n_tokens: int, ll: float) -> float:
     """Bound on ``|Δ ll|`` for a log-likelihood summed over ``n_tokens`` tokens (logits of magnitude ``scale``)."""
     return 2 * n_tokens * logit_bound(shape, scale) + n_tokens * U32 * abs(float(ll))
+
+
+def bf16_logit_bound(shape: ForwardShape, scale: float) -> float:
+    """Bound on ``|Δ logit|`` between two bfloat16 forwards (float32 accumulation) of logits of magnitude ``scale``."""
+    return 2 * (shape.n_layers + 1) * (UBF16 + math.sqrt(shape.reduction) * U32) * float(scale)
+
+
+def bf16_loglikelihood_bound(shape: ForwardShape, scale: float, n_tokens: int, ll: float) -> float:
+    """Bound on ``|Δ ll|`` for a bfloat16 log-likelihood summed over ``n_tokens`` tokens."""
+    return 2 * n_tokens * bf16_logit_bound(shape, scale) + n_tokens * UBF16 * abs(float(ll))
+
+
+def bound_for(dtype: torch.dtype) -> tuple[Any, Any]:
+    """``(logit bound, log-likelihood bound)`` functions of the policy for ``dtype`` (float32 or bfloat16)."""
+    if dtype == torch.float32:
+        return logit_bound, loglikelihood_bound
+    if dtype == torch.bfloat16:
+        return bf16_logit_bound, bf16_loglikelihood_bound
+    raise ValueError(f"no tolerance policy for {dtype}; valid: torch.float32, torch.bfloat16")
 
 
 def logit_scale(logits: torch.Tensor) -> float:

@@ -2,7 +2,10 @@
 and how that answer changes with the evaluation protocol."""
 
 from depthprobe.attribution import Prescreen, attribute
-from depthprobe.evaluation import EvalResult, evaluate
+from depthprobe.campaign import run_campaign
+from depthprobe.evaluation.result import EvalResult
+from depthprobe.evaluator import evaluate
+from depthprobe.executors.ray import RayExecutor
 from depthprobe.interventions import (
     Intervention,
     ablate,
@@ -19,17 +22,11 @@ from depthprobe.interventions import (
 from depthprobe.model_spec import ModelSpec
 from depthprobe.models import ModelNotFoundError, list_models, load_model, model_dims
 from depthprobe.results import load_results
+from depthprobe.lm_eval_backend import lm_eval_model
 from depthprobe.sweep import run_sweep
 from depthprobe.tasks import get_task, list_tasks, register_task
 
 __version__ = "0.1.0"
-
-
-def lm_eval_model(model, **options):  # type: ignore[no-untyped-def]
-    """The lm-evaluation-harness ``LM`` of a loaded model (see ``depthprobe.lm_eval_backend``); needs lm-eval."""
-    from depthprobe.lm_eval_backend import lm_eval_model as make
-
-    return make(model, **options)
 
 
 def _register_lm_eval_backend() -> None:
@@ -46,15 +43,11 @@ _register_lm_eval_backend()
 
 
 def __getattr__(name: str):
-    """``RayExecutor`` and ``run_campaign`` are imported on first use (Ray is an optional extra)."""
-    if name == "RayExecutor":
-        from depthprobe.executors.ray import RayExecutor
+    """``report`` is imported on first use: it needs plotly, which the computing core does not."""
+    if name == "report":  # the package, callable as depthprobe.report(roots, out) (plotly is needed only here)
+        import importlib
 
-        return RayExecutor
-    if name == "run_campaign":
-        from depthprobe.campaign import run_campaign
-
-        return run_campaign
+        return importlib.import_module("depthprobe.report")
     raise AttributeError(f"module 'depthprobe' has no attribute {name!r}")
 
 __all__ = [
@@ -64,6 +57,7 @@ __all__ = [
     "ModelSpec",
     "RayExecutor",
     "run_campaign",
+    "report",
     "Prescreen",
     "ablate",
     "attribute",

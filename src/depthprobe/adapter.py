@@ -4,7 +4,8 @@ Everything else in depthprobe talks to a model through TransformerLens's public 
 (``model(tokens, ...)``, ``model.hooks(fwd_hooks=...)``, ``model.cfg``, ``model.tokenizer``)
 and, for what that surface lacks, through the functions here: a tail-only forward, the o_proj
 weight of a layer, the context length, EOS and pad ids, the KV-cache keyword, the transformers
-5.24 KV-cache shim and the model's identity for run manifests.
+5.24 KV-cache shim and what the backend knows of the model's identity (name, hub revision, dtype,
+device, attention), which :mod:`depthprobe.identity` completes for run manifests.
 
 They are written against :class:`HookedModel`, a small structural interface in the style of
 TransformerLens's ``model_protocol.py``; :func:`adapter_for` picks the :class:`ModelAdapter`
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -32,7 +32,6 @@ __all__ = [
     "eos_token_ids",
     "install_kv_cache_shim",
     "max_context_length",
-    "model_identity",
     "model_type",
     "o_proj_weight",
     "pad_token_id",
@@ -148,7 +147,7 @@ class HFAdapter:
         return DEFAULT_MAX_LENGTH
 
     def eos_token_ids(self) -> set[int]:
-        """EOS ids Hugging Face ``generate`` stops on: the generation config's, else the config's, else the tokenizer's."""
+        """EOS ids Hugging Face ``generate`` stops on: the generation config's, the config's, or the tokenizer's."""
         eos = getattr(getattr(self.hf, "generation_config", None), "eos_token_id", None)
         if eos is None:
             eos = getattr(self.hf.config, "eos_token_id", None)
@@ -170,18 +169,13 @@ class HFAdapter:
 
     # --- identity -----------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """Name, revision (a full content hash of a local directory's weights, else the hub commit), dtype, device kind, attention."""
+        """Name (hub id or directory), revision (the hub commit, or None), dtype, device kind, attention."""
         config = getattr(self.hf, "config", None)
         name = getattr(config, "_name_or_path", None) or getattr(getattr(self.model, "cfg", None), "model_name", None)
-        revision = getattr(config, "_commit_hash", None)
-        if name and Path(str(name)).is_dir():  # a local directory: the full content hash of its weights
-            from depthprobe.results import weights_fingerprint
-
-            revision = weights_fingerprint(str(name)) or revision
         param = next(self.model.parameters())
         return {
             "name": str(name),
-            "revision": revision,
+            "revision": getattr(config, "_commit_hash", None),
             "dtype": str(param.dtype).replace("torch.", ""),
             "device": param.device.type,
             "attn_implementation": getattr(config, "_attn_implementation", None),
@@ -257,18 +251,6 @@ def pad_token_id(tokenizer: Any) -> int:
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     """Keyword arguments that hand ``cache`` to the model's forward."""
     return adapter_for(model).cache_kwargs(cache)
-
-
-def model_identity(model: Any) -> dict[str, Any]:
-    """What identifies a loaded model in a manifest: name, revision, dtype, device kind, attn_implementation.
-
-    A :class:`~depthprobe.model_spec.ModelSpec` reports the identity of the model it loads, read
-    from its config and weight files without loading it."""
-    from depthprobe.model_spec import ModelSpec
-
-    if isinstance(model, ModelSpec):
-        return model.identity()
-    return adapter_for(model).identity()
 
 
 # --- the transformers >= 5.24 KV-cache shim ----------------------------------------------

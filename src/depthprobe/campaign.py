@@ -41,6 +41,8 @@ from typing import Any
 import pandas as pd
 
 from depthprobe.model_spec import ModelSpec
+from depthprobe.sweep import InProcessExecutor, run_sweep
+from depthprobe.tasks import get_task
 
 __all__ = ["CampaignSweep", "load_campaign", "plan_campaign", "run_campaign"]
 
@@ -104,8 +106,6 @@ def _slug(text: str) -> str:
 def plan_campaign(spec: Mapping[str, Any] | str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
                   limit: int | None = None) -> list[CampaignSweep]:
     """Every sweep of the campaign, grouped by model (so each model's sweeps run together)."""
-    from depthprobe.tasks import get_task
-
     if not isinstance(spec, Mapping):
         spec = load_campaign(spec)
     _check_keys("the campaign", spec, {"root", "defaults", "models", "tasks", "name", "description"})
@@ -183,8 +183,6 @@ def run_campaign(
     ``concurrency`` sweeps are in flight at once (default: its number of workers).
     """
     from tqdm.auto import tqdm
-
-    from depthprobe.sweep import InProcessExecutor, run_sweep
 
     sweeps = plan_campaign(spec, root=root, limit=limit)
     remote = executor is not None and not isinstance(executor, InProcessExecutor) and \

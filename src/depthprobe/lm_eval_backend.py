@@ -1,7 +1,8 @@
 """depthprobe as a model backend of lm-evaluation-harness: any lm-eval task under any intervention.
 
-``import depthprobe`` registers the model name ``depthprobe`` with lm-eval (lazily: this
-module is imported only when lm-eval resolves the name). Three ways to use it::
+``import depthprobe`` registers the model name ``depthprobe`` with lm-eval. lm-eval itself is
+imported only when the backend is first used (:class:`DepthprobeLM` is built on lm-eval's
+``LM`` on first access), so this module imports without it. Three ways to use it::
 
     lm_eval.simple_evaluate(model="depthprobe",
                             model_args="pretrained=organism-base,interventions=skip:L1 head:L2H3",
@@ -25,22 +26,27 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lm_eval.api.model import LM
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+import torch
 from tqdm.auto import tqdm
 
-__all__ = ["DepthprobeLM", "lm_eval_model", "parse_interventions"]
+from depthprobe import interventions as iv
+from depthprobe.evaluation.generation import generate_until
+from depthprobe.evaluation.loglikelihood import model_max_length, score_choices, score_encoded
+from depthprobe.evaluation.tokenize import prefix_token_id, tok_encode
+from depthprobe.models import load_model
+from depthprobe.identity import model_identity
+
+__all__ = ["DepthprobeLM", "lm_eval_model", "parse_interventions"]  # noqa: F822  (DepthprobeLM: made on first access)
 
 #: The key a depthprobe-bound lm-eval cache database keeps its model identity under.
 CACHE_IDENTITY_KEY = "__depthprobe_identity__"
 
-_ID_FORMS = "skip:L<l>, skip_attn:L<l>, skip_mlp:L<l>, head:L<l>H<h>, group:L<l>G<g>, head_weights:L<l>H<h>, o_proj:L<l>[@<alpha>]=<source path>"
+_ID_FORMS = ("skip:L<l>, skip_attn:L<l>, skip_mlp:L<l>, head:L<l>H<h>, group:L<l>G<g>, head_weights:L<l>H<h>, "
+             "o_proj:L<l>[@<alpha>]=<source path>")
 
 
 def _from_id(text: str) -> Any:
     """One intervention from its id (``o_proj`` with ``=<source>``)."""
-    from depthprobe import interventions as iv
-
     m = re.fullmatch(r"o_proj:L(\d+)(?:@([-+0-9.eE]+))?=(.+)", text)
     if m:
         return iv.patch_o_proj(int(m.group(1)), m.group(3), alpha=float(m.group(2) or 1.0))
@@ -53,8 +59,6 @@ def parse_interventions(spec: str | Iterable[str] | None, model: Any = None) -> 
     With ``model``, every layer, head and group is checked against it. Raises one ``ValueError``
     line naming the id, the valid forms and (with a model) the valid ranges.
     """
-    from depthprobe.interventions import validate
-
     if spec is None:
         return []
     texts = spec if not isinstance(spec, str) else [spec]
@@ -67,7 +71,7 @@ def parse_interventions(spec: str | Iterable[str] | None, model: Any = None) -> 
             raise ValueError(f"interventions: {err}; valid forms: {_ID_FORMS}") from None
     if model is not None:
         try:
-            validate(model, out)
+            iv.validate(model, out)
         except ValueError as err:
             raise ValueError(f"interventions: {err}") from None
     return out
@@ -87,20 +91,21 @@ def _batch_size(value: Any) -> int:
 
 def _available(device: str | None) -> str | None:
     """lm-eval's command line asks for ``cuda:0`` by default; like its ``hf`` backend, use the CPU without CUDA."""
-    import torch
-
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
         warnings.warn(f"device {device!r} requested but CUDA is not available; using the CPU", stacklevel=3)
         return "cpu"
     return device
 
 
-class DepthprobeLM(LM):
+class _Backend:
     """An lm-eval ``LM`` over a depthprobe model (a ``TransformerBridge``), under interventions.
 
     ``pretrained`` (alias, hub id or directory) is loaded with ``load_model(dtype=, device=)``;
     or pass a loaded ``model``. ``interventions`` are ids (see :func:`parse_interventions`);
     with a loaded model, hooks already active on it (``depthprobe.ablate``) apply as well.
+
+    The methods of :class:`DepthprobeLM`, which puts them on lm-eval's ``LM`` (its base class
+    comes from lm-eval, so the class is made when it is first used).
     """
 
     def __init__(
@@ -127,8 +132,6 @@ class DepthprobeLM(LM):
         if (pretrained is None) == (model is None):
             raise ValueError("pass exactly one of pretrained=<alias, hub id or directory> and model=<a loaded model>")
         if model is None:
-            from depthprobe.models import load_model
-
             model = load_model(str(pretrained), dtype=dtype, device=_available(device))
         elif not hasattr(model, "tokenizer") or not hasattr(model, "hooks"):
             raise ValueError("model must come from depthprobe.load_model (a TransformerBridge with a tokenizer)")
@@ -139,24 +142,22 @@ class DepthprobeLM(LM):
         if isinstance(interventions, str) or interventions is None:
             ivs = parse_interventions([interventions or "", *stray], model)
         else:
-            from depthprobe.interventions import validate
-
-            ivs = validate(model, list(interventions)) + parse_interventions(stray, model)
+            ivs = iv.validate(model, list(interventions)) + parse_interventions(stray, model)
         self.interventions = ivs
 
     # --- identity --------------------------------------------------------------------------
     @property
     def condition(self) -> str:
         """The interventions' ids joined by ``+`` (``baseline`` for none), as in run directories."""
-        return "+".join(iv.id for iv in self.interventions) if self.interventions else "baseline"
+        return "+".join(i.id for i in self.interventions) if self.interventions else "baseline"
 
     @property
     def identity(self) -> str:
-        """What a cached result depends on: model, weights revision, dtype, device kind, interventions."""
-        from depthprobe.results import build_manifest
-
-        m = build_manifest(self.model, task="-", protocol="-")
-        return f"depthprobe|{m['model']}|{m['revision']}|{m['dtype']}|{m['device']}|{self.condition}"
+        """What a cached result depends on: model, weights revision, dtype, device kind, interventions,
+        and the live weights when they were edited in memory after ``load_model``."""
+        m = model_identity(self.model)
+        edited = f"|weights={m['weights']}" if m.get("weights") is not None else ""
+        return f"depthprobe|{m['name']}|{m['revision']}|{m['dtype']}|{m['device']}{edited}|{self.condition}"
 
     def get_model_info(self) -> dict[str, Any]:
         """Recorded by lm-eval in its results' config."""
@@ -176,7 +177,7 @@ class DepthprobeLM(LM):
             if held is None:
                 db[CACHE_IDENTITY_KEY] = self.identity
                 db.commit()
-        super().set_cache_hook(cache_hook)
+        super().set_cache_hook(cache_hook)  # type: ignore[misc]  (lm-eval's LM, after this class)
 
     # --- lm-eval's three request types -----------------------------------------------------
     @property
@@ -184,14 +185,10 @@ class DepthprobeLM(LM):
         return str(getattr(self.model.tokenizer, "name_or_path", "depthprobe")).replace("/", "__")
 
     def _hooks(self) -> Any:
-        from depthprobe.interventions import ablate
-
-        return ablate(self.model, *self.interventions)
+        return iv.ablate(self.model, *self.interventions)
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """Summed log-probability and greedy flag of each (context, continuation); one context pass per context."""
-        from depthprobe.evaluation.loglikelihood import score_choices
-
         by_context: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
             by_context.setdefault(req.args[0], []).append(i)
@@ -207,7 +204,7 @@ class DepthprobeLM(LM):
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """Perplexity-style scores on lm-eval's own disjoint rolling windows (context length 1)."""
-        from depthprobe.evaluation.loglikelihood import _prefix_token_id, _tok_encode, model_max_length, score_encoded
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
         tok = self.model.tokenizer
         max_len = model_max_length(self.model, tok)
@@ -215,7 +212,7 @@ class DepthprobeLM(LM):
         for r, req in enumerate(requests):
             (text,) = req.args
             for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
-                    token_list=_tok_encode(tok, text), prefix_token=_prefix_token_id(tok),
+                    token_list=tok_encode(tok, text), prefix_token=prefix_token_id(tok),
                     max_seq_len=max_len, context_len=1)):
                 windows.append((r, ctx, cont))
         totals = [0.0] * len(requests)
@@ -228,8 +225,6 @@ class DepthprobeLM(LM):
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations, stopped as lm-eval stops them; requests with the same settings run together."""
-        from depthprobe.generation import generate_until
-
         groups: dict[tuple[tuple[str, ...], int], list[int]] = {}
         for i, req in enumerate(requests):
             context, kwargs = req.args
@@ -252,10 +247,31 @@ class DepthprobeLM(LM):
         return out  # type: ignore[return-value]
 
 
+_LM_CLASS: type | None = None
+
+
+def lm_class() -> type:
+    """:class:`DepthprobeLM`: the backend on lm-eval's ``LM`` base class (imports lm-eval, once)."""
+    global _LM_CLASS
+    if _LM_CLASS is None:
+        from lm_eval.api.model import LM
+
+        _LM_CLASS = type("DepthprobeLM", (_Backend, LM), {"__doc__": _Backend.__doc__, "__module__": __name__})
+    return _LM_CLASS
+
+
+def __getattr__(name: str) -> Any:
+    """``DepthprobeLM`` is made on first access (lm-eval's registry resolves it by this name)."""
+    if name == "DepthprobeLM":
+        return lm_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def lm_eval_model(model: Any, *, interventions: str | Sequence[Any] | None = None, batch_size: int = 16,
-                  max_gen_toks: int = 256) -> DepthprobeLM:
-    """The lm-eval ``LM`` of a loaded model; hooks active on it and ``interventions`` apply to every request."""
-    return DepthprobeLM(model=model, interventions=interventions, batch_size=batch_size, max_gen_toks=max_gen_toks)
+                  max_gen_toks: int = 256) -> Any:
+    """The lm-eval ``LM`` (a :class:`DepthprobeLM`) of a loaded model; hooks active on it and ``interventions``
+    apply to every request."""
+    return lm_class()(model=model, interventions=interventions, batch_size=batch_size, max_gen_toks=max_gen_toks)
 
 
 def cli(argv: Sequence[str]) -> int:
@@ -264,8 +280,7 @@ def cli(argv: Sequence[str]) -> int:
 
     from lm_eval.__main__ import cli_evaluate
 
-    import depthprobe  # noqa: F401  (registers the backend)
-
+    # the backend is registered: importing this module ran depthprobe/__init__ (_register_lm_eval_backend)
     sys.argv = ["lm-eval", *argv]
     cli_evaluate()
     return 0

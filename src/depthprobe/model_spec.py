@@ -6,23 +6,24 @@ from a name or path. A ``ModelSpec`` is that description (name or path, dtype, d
 reads from it, without loading any weights, what a run manifest needs (the model's identity:
 name, revision or weights fingerprint, dtype, device kind) and what grids and checks need (the
 layer and head counts, from ``config.json``). Workers load it with :func:`load_model` and check
-that what they loaded has the same identity, so a node with other weights under the same path
-is refused, never mixed into a run directory.
+that what they loaded has the same identity (:func:`~depthprobe.identity.spec_identity_mismatch`),
+so a node with other weights under the same path is refused, never mixed into a run directory.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import torch
+from transformers import AutoConfig
 
-__all__ = ["ModelSpec", "as_model_spec", "spec_identity_mismatch"]
+from depthprobe.identity import checkpoint_identity, model_identity
+from depthprobe.models import ModelDims, as_dtype, default_device, load_model, resolve_model
 
-#: Identity fields a worker's loaded model must share with the spec the manifest was built from.
-IDENTITY_FIELDS = ("name", "revision", "dtype", "device")
+__all__ = ["ModelSpec", "as_model_spec"]
 
 
 def _dtype_name(dtype: Any) -> str | None:
@@ -58,9 +59,7 @@ class ModelSpec:
         object.__setattr__(self, "device", device)
         object.__setattr__(self, "load_options", tuple(sorted(load_options.items())))
         if self.dtype is not None:
-            from depthprobe.models import _as_dtype
-
-            _as_dtype(self.dtype, device or "cpu")  # a one-line ValueError naming the valid dtypes
+            as_dtype(self.dtype, device or "cpu")  # a one-line ValueError naming the valid dtypes
 
     # dataclass(frozen) with a custom __init__: pickling goes through __reduce__ so the checks re-run.
     def __reduce__(self) -> tuple[Any, ...]:
@@ -77,8 +76,6 @@ class ModelSpec:
     @property
     def source(self) -> str:
         """What ``boot_transformers`` loads: a local directory or a hub id (aliases resolved)."""
-        from depthprobe.models import resolve_model
-
         return resolve_model(self.name_or_path)
 
     def for_executor(self, executor: Any) -> ModelSpec:
@@ -92,21 +89,15 @@ class ModelSpec:
 
     def resolved_device(self) -> str:
         """The device this spec loads on here (``device``, else the GPU when this process sees one)."""
-        from depthprobe.models import _default_device
-
-        return self.device or _default_device()
+        return self.device or default_device()
 
     @cached_property
     def config(self) -> Any:
         """The Hugging Face config (``config.json`` only; no weights are read)."""
-        from transformers import AutoConfig
-
         return AutoConfig.from_pretrained(self.source)
 
-    def dims(self) -> Any:
+    def dims(self) -> ModelDims:
         """Layer and head counts (:class:`~depthprobe.models.ModelDims`), equal to ``model_dims(load_model(spec))``."""
-        from depthprobe.models import ModelDims
-
         cfg = getattr(self.config, "text_config", None) or self.config
         n_heads = int(cfg.num_attention_heads)
         n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
@@ -116,29 +107,14 @@ class ModelSpec:
                          d_model=d_model)
 
     def identity(self) -> dict[str, Any]:
-        """What a run manifest records about the model, equal to ``model_identity(load_model(spec))``."""
-        from depthprobe.models import _as_dtype
-        from depthprobe.results import weights_fingerprint
-
+        """What a run manifest records about the model, equal to ``model_identity(load_model(spec))``
+        (:func:`~depthprobe.identity.checkpoint_identity`: read from config and weight files, weights as loaded)."""
         device = self.resolved_device()
-        config = self.config
-        name = getattr(config, "_name_or_path", None) or self.source
-        revision = getattr(config, "_commit_hash", None)
-        if os.path.isdir(str(name)):  # a local directory: its weights' fingerprint, as the model adapter reports
-            revision = weights_fingerprint(str(name)) or revision
-        return {
-            "name": str(name),
-            "revision": revision,
-            "dtype": _dtype_name(_as_dtype(self.dtype, device)),
-            "device": torch.device(device).type,
-            "attn_implementation": "eager",  # the bridge forces eager attention so hooks see patterns
-        }
+        return checkpoint_identity(self.config, self.source, as_dtype(self.dtype, device), device)
 
     # --- what workers do ------------------------------------------------------------------
     def load(self) -> Any:
         """Load the model (a ``TransformerBridge``), exactly as ``load_model(spec)``."""
-        from depthprobe.models import load_model
-
         return load_model(self.name_or_path, dtype=self.dtype, device=self.device, **dict(self.load_options))
 
     def __str__(self) -> str:
@@ -152,26 +128,20 @@ def _rebuild(name: str, dtype: str | None, device: str | None, load_options: tup
 
 def as_model_spec(model: Any) -> ModelSpec:
     """``model`` itself if it is a spec; else the spec that reloads a loaded model (its path or hub id,
-    dtype and device), for executors whose workers load their own copy."""
+    dtype and device), for executors whose workers load their own copy. A model whose weights differ
+    in memory from those ``load_model`` loaded is refused: workers could only load the checkpoint's."""
     if isinstance(model, ModelSpec):
         return model
-    from depthprobe.adapter import model_identity
-
     ident = model_identity(model)
     name = ident["name"]
     if not name or name == "None" or not (os.path.isdir(name) or name.count("/") == 1):
         raise ValueError(f"cannot describe this model for remote workers (its name is {name!r}); "
                          f"pass depthprobe.ModelSpec(name_or_path, dtype=..., device=...) instead of a loaded model")
+    if ident["weights"] is not None:
+        raise ValueError(f"cannot describe this model for remote workers: its weights changed in memory after "
+                         f"load_model loaded {name} (weights={ident['weights']!r}) and workers load the checkpoint; "
+                         f"run this sweep without an executor, or reload the model")
     param = next(model.parameters())
     device = str(param.device) if param.device.type != "cpu" else "cpu"
     return ModelSpec(name, dtype=ident["dtype"], device=device)
 
-
-def spec_identity_mismatch(expected: dict[str, Any], got: dict[str, Any]) -> str | None:
-    """A one-line description of the first identity field that differs, or None when they agree."""
-    for key in IDENTITY_FIELDS:
-        if key == "name" and expected.get("revision") is not None:
-            continue  # same weights (hub commit or local fingerprint) under another install path: the same model
-        if expected.get(key) != got.get(key):
-            return f"{key}={got.get(key)!r} where the run expects {key}={expected.get(key)!r}"
-    return None

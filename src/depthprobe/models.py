@@ -2,7 +2,9 @@
 
 The bridge wraps the real Hugging Face model and puts named hook points on it. Weight
 processing is never applied, so every weight stays 1:1 with the checkpoint and the
-bridge's logits equal the Hugging Face model's exactly.
+bridge's logits equal the Hugging Face model's exactly. ``load_model`` records the fingerprint
+of the parameters it loaded (:func:`loaded_fingerprint`), so that weights edited in memory
+afterwards are told apart from the checkpoint's (:mod:`depthprobe.identity`).
 """
 
 from __future__ import annotations
@@ -11,21 +13,26 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from depthprobe.adapter import install_kv_cache_shim  # re-exported: models.install_kv_cache_shim
-from depthprobe.model_spec import ModelSpec
+
+from depthprobe.adapter import install_kv_cache_shim
+from depthprobe.hashing import parameters_fingerprint
+from depthprobe.organisms import CHECKPOINTS_DIR, ORGANISMS
 
 __all__ = [
     "MODEL_ALIASES",
+    "ModelDescription",
     "ModelDims",
     "ModelNotFoundError",
+    "as_dtype",
+    "default_device",
     "list_models",
     "load_model",
+    "loaded_fingerprint",
     "model_dims",
-    "install_kv_cache_shim",
     "resolve_model",
 ]
 
@@ -75,10 +82,6 @@ def model_dims(model: TransformerBridge) -> ModelDims:
 def list_models() -> dict[str, str]:
     """Every short name ``load_model`` accepts, mapped to what it loads (hub id or directory)."""
     names = dict(MODEL_ALIASES)
-    try:
-        from depthprobe.organisms import CHECKPOINTS_DIR, ORGANISMS
-    except ImportError:
-        return names
     for name in ORGANISMS:
         names[name] = str(CHECKPOINTS_DIR / name)
     return names
@@ -128,11 +131,13 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     return name
 
 
-def _default_device() -> str:
+def default_device() -> str:
+    """Where models load by default: the GPU when this process sees one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _as_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+def as_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
+    """``dtype`` (a torch dtype or a name such as ``"bf16"``) as a torch dtype; None: bf16 on GPU, fp32 on CPU."""
     if dtype is None:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -144,8 +149,27 @@ def _as_dtype(dtype: torch.dtype | str | None, device: str) -> torch.dtype:
     return valid[dtype]
 
 
+@runtime_checkable
+class ModelDescription(Protocol):
+    """A model described, not loaded (a :class:`~depthprobe.model_spec.ModelSpec`): what ``load_model`` reads."""
+
+    name_or_path: str
+    dtype: str | None
+    device: str | None
+    load_options: tuple[tuple[str, Any], ...]
+
+
+#: The attribute under which ``load_model`` keeps the fingerprint of the parameters it loaded.
+_LOADED_ATTR = "_depthprobe_loaded_fingerprint"
+
+
+def loaded_fingerprint(model: Any) -> str | None:
+    """The fingerprint of ``model``'s parameters when ``load_model`` returned it (None: not from ``load_model``)."""
+    return getattr(model, _LOADED_ATTR, None)
+
+
 def load_model(
-    name_or_path: str | os.PathLike[str] | ModelSpec,
+    name_or_path: str | os.PathLike[str] | ModelDescription,
     *,
     dtype: torch.dtype | str | None = None,
     device: str | None = None,
@@ -158,8 +182,9 @@ def load_model(
     gradients off and no weight processing, so hooks see the checkpoint's own activations.
     Extra keyword arguments go to ``TransformerBridge.boot_transformers``. A
     :class:`~depthprobe.model_spec.ModelSpec` is loaded as it describes (keywords given here win).
+    The fingerprint of the loaded parameters is recorded (:func:`loaded_fingerprint`).
     """
-    if isinstance(name_or_path, ModelSpec):
+    if isinstance(name_or_path, ModelDescription):
         spec = name_or_path
         kw = {**dict(spec.load_options), **kw}
         dtype = spec.dtype if dtype is None else dtype
@@ -167,8 +192,8 @@ def load_model(
         name_or_path = spec.name_or_path
     install_kv_cache_shim()
     source = resolve_model(name_or_path)
-    device = device or _default_device()
-    torch_dtype = _as_dtype(dtype, device)
+    device = device or default_device()
+    torch_dtype = as_dtype(dtype, device)
     try:
         model = TransformerBridge.boot_transformers(source, dtype=torch_dtype, device=device, **kw)
     except OSError as err:  # hub lookups that fail deep inside transformers
@@ -178,6 +203,7 @@ def load_model(
         ) from None
     model.eval()
     model.requires_grad_(False)
+    setattr(model, _LOADED_ATTR, parameters_fingerprint(model.named_parameters()))
     return model
 
 

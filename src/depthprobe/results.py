@@ -3,8 +3,9 @@
 Layout::
 
     run_dir/manifest.json              what was run: the run identity (model and a content hash
-                                       of its weights, dtype, device kind, attention
-                                       implementation, task and options, content hashes of the
+                                       of its weights, whether they were edited in memory, dtype,
+                                       device kind, attention implementation (depthprobe.identity),
+                                       task and options, content hashes of the
                                        data read, protocol, shots, seed, limit, package versions)
                                        with its digest, plus provenance (toolkit commit, paths)
     run_dir/conditions/<name>.json     one finished condition: metrics, ids, per-sample rows and
@@ -32,12 +33,15 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 from filelock import FileLock, Timeout
+
+from depthprobe.identity import resolved
+from depthprobe.uncertainty import add_delta_uncertainty
 
 __all__ = [
     "IDENTITY_KEYS",
@@ -46,7 +50,6 @@ __all__ = [
     "RunDir",
     "build_manifest",
     "identity_digest",
-    "weights_fingerprint",
     "load_results",
 ]
 
@@ -54,8 +57,10 @@ MANIFEST = "manifest.json"
 CONDITIONS = "conditions"
 DAMAGED = "damaged"
 #: Manifest fields that make a run what it is: two commands agreeing on all of them compute the same numbers.
-IDENTITY_KEYS = ("model", "revision", "dtype", "device", "attn_implementation", "task", "task_options", "protocol",
-                 "num_fewshot", "seed", "limit", "max_gen_toks", "data", "versions")
+IDENTITY_KEYS = ("model", "revision", "dtype", "device", "attn_implementation", "weights", "task", "task_options",
+                 "protocol", "num_fewshot", "seed", "limit", "max_gen_toks", "data", "versions")
+#: Identity keys left out of the digest while None, so run directories made before they existed keep theirs.
+_OPTIONAL_KEYS = ("weights",)
 _PACKAGES = ("depthprobe", "torch", "transformers", "transformer-lens", "pandas", "lm_eval")
 _RECORD_KEYS = ("condition", "metrics", "samples", "run_digest")
 
@@ -92,31 +97,6 @@ def _git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def weights_fingerprint(path: str | os.PathLike[str]) -> str | None:
-    """A content hash of a local checkpoint directory's weight files, or None if it has none.
-
-    The SHA-256 of every byte of each weight file (``depthprobe.hashing.weights_digest``:
-    hashed once per file version and cached, so an 8B checkpoint is read once, not per run),
-    combined with the file names. It is the revision of a local model: a run directory made
-    with other weights, or weights edited in place, is refused instead of silently resumed.
-    """
-    from depthprobe.hashing import weights_digest
-
-    files = weights_digest(path)
-    if files is None:
-        return None
-    combined = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-    return "local-" + combined[:32]
-
-
-def _model_identity(model: Any) -> tuple[str, str | None, str, str, str | None]:
-    """(name, revision, dtype, device kind, attn_implementation) of a loaded model, read by the model adapter."""
-    from depthprobe.adapter import model_identity
-
-    ident = model_identity(model)
-    return ident["name"], ident["revision"], ident["dtype"], ident["device"], ident["attn_implementation"]
-
-
 def build_manifest(
     model: Any,
     *,
@@ -132,12 +112,14 @@ def build_manifest(
 ) -> dict[str, Any]:
     """What a sweep command runs, for ``RunDir``: the identity fields plus provenance (commit, paths).
 
-    ``data`` describes the documents: ``{"files": {name: sha256}, "documents": sha256 of the
+    ``model`` is a loaded model, a ``ModelSpec`` or either resolved (``depthprobe.identity.ResolvedModel``). ``data``
+    describes the documents: ``{"files": {name: sha256}, "documents": sha256 of the
     prompts and answers evaluated}`` (``run_sweep`` fills it in).
     """
-    name, revision, dtype, device, attn = _model_identity(model)
+    ident = resolved(model).identity
     manifest: dict[str, Any] = {
-        "model": name, "revision": revision, "dtype": dtype, "device": device, "attn_implementation": attn,
+        "model": ident["name"], "revision": ident["revision"], "dtype": ident["dtype"], "device": ident["device"],
+        "attn_implementation": ident["attn_implementation"], "weights": ident["weights"],
         "task": task, "task_options": dict(sorted((task_options or {}).items())), "protocol": protocol,
         "num_fewshot": num_fewshot, "seed": seed, "limit": limit, "max_gen_toks": max_gen_toks,
         "data": dict(data) if data is not None else None,
@@ -150,7 +132,7 @@ def build_manifest(
 
 def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
     plain = json.loads(json.dumps(dict(manifest), default=str))
-    return {key: plain.get(key) for key in IDENTITY_KEYS}
+    return {key: plain.get(key) for key in IDENTITY_KEYS if key not in _OPTIONAL_KEYS or plain.get(key) is not None}
 
 
 def identity_digest(manifest: Mapping[str, Any]) -> str:
@@ -203,7 +185,8 @@ def _read_manifest(file: Path) -> dict[str, Any]:
     if problem:
         raise DamagedRunError(
             f"{file} is damaged: {problem}; delete it and re-run the command (each condition file carries the "
-            f"digest of its own settings, so only results of the same settings are kept), or use another output directory"
+            f"digest of its own settings, so only results of the same settings are kept), or use another output "
+            f"directory"
         )
     return data
 
@@ -274,13 +257,12 @@ class RunDir:
             )
         old_identity, new_identity = _identity(old), _identity(self.manifest)
         for key in IDENTITY_KEYS:
-            diff = _first_difference(old_identity[key], new_identity[key], key)
+            diff = _first_difference(old_identity.get(key), new_identity.get(key), key)
             if diff:
                 name, was, now = diff
-                raise ManifestMismatchError(
-                    f"{self.path} holds a run with {name}={was!r}, but this command has "
-                    f"{name}={now!r}; use another output directory to keep both"
-                )
+                edited = " (None: as load_model loaded them; live-...: changed in memory)" if name == "weights" else ""
+                raise ManifestMismatchError(f"{self.path} holds a run with {name}={was!r}, but this command has "
+                                            f"{name}={now!r}{edited}; use another output directory to keep both")
 
     def condition_path(self, condition: str) -> Path:
         return self.path / CONDITIONS / _file_name(condition)
@@ -294,7 +276,7 @@ class RunDir:
               file=sys.stderr)
 
     def _check_file(self, path: Path, condition: str | None = None, condition_digest: str | None = None) -> bool:
-        """True when ``path`` is a sound result of this run; moves a damaged file aside (False); refuses a foreign one."""
+        """True for a sound result of this run; a damaged file is moved aside (False), a foreign one refused."""
         record, problem = _read_record(path)
         if record is None:
             self._move_aside(path, problem or "unreadable")
@@ -325,7 +307,7 @@ class RunDir:
         return sum(1 for _ in (self.path / CONDITIONS).glob("[!.]*.json"))
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator["RunDir"]:
+    def writing(self) -> Iterator[RunDir]:
         """Hold the run directory's lock while writing; waits (saying so) while another process holds it.
 
         Re-entrant within a process. A second process with the same identity thus waits for
@@ -408,8 +390,6 @@ def load_results(run_dir: str | os.PathLike[str], samples: bool = False) -> pd.D
             continue
         ref = float(base[name].iloc[0]) if len(base) else math.nan
         df[f"delta_{name}"] = df[name].astype(float) - ref
-    from depthprobe.uncertainty import add_delta_uncertainty
-
     add_delta_uncertainty(df, records, [n for n in metric_names if not (n.endswith("_stderr") or "_stderr," in n)])
     order = {c: i for i, c in enumerate(["baseline"])}
     df["_order"] = df["condition"].map(order).fillna(1)

@@ -1,5 +1,12 @@
-"""The evaluator: log-likelihood scoring and greedy generation of registered tasks, agreeing with lm-eval."""
+"""The evaluator's low-level pieces, agreeing with lm-eval: tokenization, log-likelihood scoring, greedy
+decoding and its stop rules, answer filters, chat templates, metrics, and ``EvalResult``.
 
-from depthprobe.evaluation.api import EvalResult, evaluate
+``evaluate`` (which looks tasks up by name, so it sits above :mod:`depthprobe.tasks`) lives in
+:mod:`depthprobe.evaluator`.
+"""
 
-__all__ = ["EvalResult", "evaluate"]
+from depthprobe.evaluation.generation import Generation, generate_until, greedy_generate
+from depthprobe.evaluation.loglikelihood import DocScores, score_choices
+from depthprobe.evaluation.result import EvalResult
+
+__all__ = ["DocScores", "EvalResult", "Generation", "generate_until", "greedy_generate", "score_choices"]

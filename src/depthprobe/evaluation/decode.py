@@ -11,6 +11,7 @@ mask-derived position ids, ``DynamicCache``).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,7 +22,7 @@ from transformers import DynamicCache
 from depthprobe import adapter
 from depthprobe.evaluation.stops import StopPolicy
 
-__all__ = ["Decoded", "Decoder", "HookedDecoder", "LoopDecoder", "prefix_cache"]
+__all__ = ["Decoded", "Decoder", "HookedDecoder", "LoopDecoder", "Rows", "prefix_cache"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class Decoded:
     tokens: list[list[int]]
     hit_stop: list[bool]
     row_steps: int = 0
+    #: forwards run, and drafted tokens kept (:meth:`LoopDecoder.resume` with ``draft``)
+    forwards: int = 0
+    accepted: int = 0
 
 
 class Decoder(Protocol):
@@ -44,11 +48,11 @@ class Decoder(Protocol):
                  policy: StopPolicy, past_key_values: Any = None) -> Decoded: ...
 
 
-def _forward_last_logits(model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
-    """Logits of the last position only (HF generate's ``logits_to_keep=1``)."""
-    logits = model(ids, return_type="logits", attention_mask=mask, position_ids=positions, logits_to_keep=1,
+def _forward_last_logits(model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, keep: int = 1) -> Tensor:
+    """Logits of the last position only (HF generate's ``logits_to_keep=1``); ``keep`` > 1: ``[batch, keep, vocab]``."""
+    logits = model(ids, return_type="logits", attention_mask=mask, position_ids=positions, logits_to_keep=keep,
                    **adapter.cache_kwargs(model, cache))
-    return logits[:, -1, :]
+    return logits[:, -1, :] if keep == 1 else logits[:, -keep:, :]
 
 
 @torch.inference_mode()
@@ -68,7 +72,8 @@ class LoopDecoder:
 
     Reproduces Hugging Face ``generate(do_sample=False)`` token for token (left padding,
     mask-derived position ids, ``DynamicCache``). :meth:`step` returns the last position's
-    logits ``[batch, vocab]`` of one forward that appends to ``cache``.
+    logits ``[batch, vocab]`` of one forward that appends to ``cache``; :meth:`step_all` the
+    logits of every position it was given (drafted tokens are checked with it).
 
     With :attr:`compact`, rows that have ended leave the batch (with their KV cache) once they are
     a quarter of it, so a batch whose rows end at different steps stops paying for the ended ones;
@@ -77,6 +82,11 @@ class LoopDecoder:
     ``generate`` and lm-eval keep ended rows, and a smaller batch may round differently, so the
     evaluator's decoders, which reproduce their batches, leave it off; the sweep engine's
     decoders, whose batches differ from them anyway, turn it on.
+
+    :meth:`resume` continues rows that were already generating (the verification engine's rows
+    after their first differing token): blocks of any sizes, each row with its own tokens so far
+    and budget, more rows taken in as rows end, and optionally drafted tokens checked several at
+    a time.
     """
 
     #: drop ended rows from the running batch (and their cache rows)
@@ -90,6 +100,10 @@ class LoopDecoder:
 
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         raise NotImplementedError
+
+    def step_all(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        """Logits ``[batch, pos, vocab]`` of every position of ``ids`` (for checking drafted tokens)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot check drafted tokens (no step_all)")
 
     def prefill(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         """The first forward (the prompts); a decoder may compute it differently from the one-token steps."""
@@ -121,47 +135,217 @@ class LoopDecoder:
                 f"attention_mask has {attention_mask.shape[1]} positions; expected {n_new} "
                 f"(new tokens) or {past_len + n_new} (cache + new tokens)"
             )
-        tokenizer = model.tokenizer
-        pad = adapter.pad_token_id(tokenizer) if tokenizer is not None else 0
-        device = input_ids.device
-        mask = attention_mask.to(device=device, dtype=torch.long)
+        mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
         # Hugging Face generate: positions are the running count of attended tokens.
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        step_pos = positions[:, -n_new:]
-        step_ids = input_ids
-        out: list[list[int]] = [[] for _ in range(batch)]
-        done = [False] * batch
-        live = list(range(batch))  # the original row of each row of the running batch
-        self.block_rows, row_steps = None, 0
+        block = torch.arange(batch, device=input_ids.device) // (batch // self.row_blocks)
+        state = _State([[] for _ in range(batch)], block, mask, cache)
+        return self._loop(model, state, input_ids, positions[:, -n_new:], max_new_tokens, policy, None)
+
+    def resume(self, model: Any, rows: "Callable[[int], Rows | None]", *, capacity: int, max_new_tokens: int,
+               policy: StopPolicy, draft: "Callable[[int, list[int]], Sequence[int]] | None" = None,
+               draft_tokens: int = 0) -> Decoded:
+        """Continue generations already under way (the verification engine's rows after their first differing token).
+
+        ``rows(n)`` hands over up to ``n`` more rows (:class:`Rows`, None when there are no more):
+        the loop takes ``capacity`` at first and, as rows end, takes more to fill the freed places
+        (continuous batching), so a forward runs on up to ``capacity`` rows for as long as rows
+        remain. ``Decoded`` lists the rows in the order they were handed over, each with its
+        tokens so far included. ``draft(row, tokens)`` may propose up to ``draft_tokens`` tokens
+        to follow a row's tokens: each forward checks them and keeps those equal to the greedy
+        choice (exact greedy decoding; rejected positions stay in the cache, masked out).
+        """
+        if capacity < 1 or max_new_tokens < 1:
+            raise ValueError(f"capacity and max_new_tokens must be >= 1, got {capacity} and {max_new_tokens}")
+        first = rows(capacity)
+        if first is None:
+            return Decoded([], [], 0)
+        first.check(max_new_tokens, self.row_blocks)
+        device = first.mask.device
+        state = _State([list(p) for p in first.prior], torch.tensor(first.blocks, device=device),
+                       first.mask.long(), first.cache)
+        ids = torch.tensor([[p[-1]] for p in first.prior], dtype=torch.long, device=device)
+        state.mask = torch.cat([state.mask, state.mask.new_ones(len(first.prior), 1)], dim=1)
+        positions = state.mask.sum(-1, keepdim=True) - 1
+        refill = _Refill(rows, capacity, max_new_tokens, self.row_blocks, draft, draft_tokens)
+        return self._loop(model, state, ids, positions, max_new_tokens, policy, refill)
+
+    def _loop(self, model: Any, state: "_State", step_ids: Tensor, step_pos: Tensor, max_new_tokens: int,
+              policy: StopPolicy, refill: "_Refill | None") -> Decoded:
+        out, device = state.out, step_ids.device
+        tokenizer = model.tokenizer
+        pad = adapter.pad_token_id(tokenizer) if tokenizer is not None else 0
+        draft = refill.draft if refill is not None else None
+        self.block_rows = state.blocks(self.row_blocks) if refill is not None else None
+        done = [False] * len(out)  # ended by EOS or a stop string
+        over = [False] * len(out)  # ended: done, or out of budget
+        live = list(range(len(out)))  # the original row of each row of the running batch
+        row_steps, forwards, accepted, first = 0, 0, 0, refill is None
+        proposed = [0] * len(out)  # drafted tokens in each running row's input (after its last token)
         try:
-            for n in range(max_new_tokens):
-                logits = (self.step if n else self.prefill)(model, step_ids, mask, step_pos, cache)
-                row_steps += len(live)
-                next_ids = logits.float().argmax(dim=-1).tolist()
-                for at, tok in enumerate(next_ids):
-                    row = live[at]
-                    if done[row]:
-                        next_ids[at] = pad
+            while True:
+                width = step_ids.shape[1]
+                if draft is not None:
+                    logits = self.step_all(model, step_ids, state.mask, step_pos, state.cache)
+                    chosen = logits.float().argmax(dim=-1).tolist()
+                else:
+                    logits = (self.prefill if first else self.step)(model, step_ids, state.mask, step_pos, state.cache)
+                    chosen = [[tok] for tok in logits.float().argmax(dim=-1).tolist()]
+                first = False
+                row_steps, forwards = row_steps + len(live), forwards + 1
+                consumed = [1] * len(live)  # input positions now valid in the cache, per running row
+                inputs = step_ids.tolist() if draft is not None else []
+                for at, row in enumerate(live):
+                    if over[row]:
                         continue
-                    out[row].append(tok)
-                    done[row] = policy.is_done(out[row])
-                if all(done):
+                    n = 0  # drafted tokens accepted: each equals the token chosen before it
+                    while n < proposed[at] and inputs[at][n + 1] == chosen[at][n]:
+                        n += 1
+                    consumed[at], accepted = n + 1, accepted + n
+                    for tok in chosen[at][: n + 1]:
+                        out[row].append(tok)
+                        done[row] = policy.is_done(out[row])
+                        over[row] = done[row] or len(out[row]) >= max_new_tokens
+                        if over[row]:
+                            break
+                ended = sum(over[row] for row in live)
+                if ended == len(live) and (refill is None or refill.exhausted):
                     break
-                ended = sum(done[row] for row in live)
-                if self.compact and ended and ended >= self.compact_fraction * len(live):
-                    keep = [at for at, row in enumerate(live) if not done[row]]
-                    index = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(index)
-                    mask, step_pos = mask[index], step_pos[index]
-                    next_ids, live = [next_ids[at] for at in keep], [live[at] for at in keep]
-                    block = torch.tensor(live, device=device) // (batch // self.row_blocks)
-                    self.block_rows = [(block == j).nonzero()[:, 0] for j in range(self.row_blocks)]
-                step_ids = torch.tensor(next_ids, dtype=input_ids.dtype, device=device)[:, None]
-                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-                step_pos = step_pos[:, -1:] + 1
+                if draft is not None:  # rejected drafts stay in the cache, masked out
+                    cols = torch.arange(width, device=device)[None, :] < torch.tensor(consumed, device=device)[:, None]
+                    state.mask[:, -width:] = cols.long()
+                    next_pos = step_pos[:, :1] + torch.tensor(consumed, device=device)[:, None]
+                else:  # after the prompts (or one token): the next position
+                    next_pos = step_pos[:, -1:] + 1
+                compact = self.compact or refill is not None  # a resumed batch always drops ended rows
+                if compact and ended and (ended >= self.compact_fraction * len(live) or ended == len(live)):
+                    keep = [at for at, row in enumerate(live) if not over[row]]
+                    state.select(torch.tensor(keep, dtype=torch.long, device=device))
+                    next_pos, live = next_pos[keep], [live[at] for at in keep]
+                    self.block_rows = state.blocks(self.row_blocks)
+                    if refill is not None:
+                        state.pack()
+                if refill is not None and refill.wants(len(live), self.compact_fraction):
+                    added = refill.take(state, len(live), done, over)
+                    if added:
+                        next_pos = torch.cat([next_pos, added[1]])
+                        live += added[0]
+                        self.block_rows = state.blocks(self.row_blocks)
+                        state.pack()
+                if not live:
+                    break
+                proposals = [[] if over[row] else
+                             list(draft(row, out[row]))[: min(refill.draft_tokens, max_new_tokens - len(out[row]) - 1)]
+                             for row in live] if draft is not None else [[] for _ in live]
+                proposed = [len(p) for p in proposals]
+                width = 1 + max(proposed)
+                rows = [[pad if over[row] else out[row][-1]] + p + [pad] * (width - 1 - len(p))
+                        for row, p in zip(live, proposals)]
+                step_ids = torch.tensor(rows, dtype=step_ids.dtype, device=device)
+                real = torch.tensor([[1] * (1 + len(p)) + [0] * (width - 1 - len(p)) for p in proposals],
+                                    dtype=state.mask.dtype, device=device)
+                state.mask = torch.cat([state.mask, real], dim=1)
+                step_pos = next_pos + torch.arange(width, device=device)[None, :]
         finally:
             self.block_rows = None
-        return Decoded(out, list(done), row_steps)
+        return Decoded(out, list(done), row_steps, forwards, accepted)
+
+
+@dataclass
+class Rows:
+    """Rows joining a resumed decoding (:meth:`LoopDecoder.resume`).
+
+    ``prior[r]``: row ``r``'s tokens generated so far, its last not yet in the cache (its next
+    input; none may have ended); ``blocks[r]``: its row block (condition); ``cache``: the rows' KV
+    cache; ``mask``: ``[rows, cache positions]``, 0 where a position must not be attended.
+    """
+
+    prior: list[list[int]]
+    blocks: list[int]
+    cache: Any
+    mask: Tensor
+
+    def check(self, max_new_tokens: int, row_blocks: int) -> None:
+        n = len(self.prior)
+        if len(self.blocks) != n or self.mask.shape[0] != n:
+            raise ValueError(f"rows: {n} token lists, {len(self.blocks)} blocks and a mask of {self.mask.shape[0]} rows")
+        if any(not p or len(p) >= max_new_tokens for p in self.prior):
+            raise ValueError(f"every resumed row needs 1 to {max_new_tokens - 1} tokens so far")
+        if any(not 0 <= b < row_blocks for b in self.blocks):
+            raise ValueError(f"blocks must be in 0..{row_blocks - 1}")
+        if self.cache.get_seq_length() != self.mask.shape[1]:
+            raise ValueError(f"the mask covers {self.mask.shape[1]} positions; the cache holds {self.cache.get_seq_length()}")
+
+
+class _State:
+    """The running batch of the decoding loop: tokens per original row, each running row's block, mask and cache."""
+
+    def __init__(self, out: list[list[int]], block: Tensor, mask: Tensor, cache: Any) -> None:
+        self.out, self.block, self.mask, self.cache = out, block, mask, cache
+
+    def blocks(self, k: int) -> list[Tensor]:
+        """Each block's rows of the running batch."""
+        return [(self.block == j).nonzero()[:, 0] for j in range(k)]
+
+    def select(self, index: Tensor) -> None:
+        self.cache.batch_select_indices(index)
+        self.mask, self.block = self.mask[index], self.block[index]
+
+    def pack(self) -> None:
+        """Move every row's attended positions to the right end, in order, and drop the columns no row attends.
+
+        Cached keys carry their rotary positions and masked positions get exactly zero attention,
+        so this changes no result beyond the rounding of a shorter reduction; it keeps a batch of
+        rows of different lengths (and rejected drafts) from costing every row the longest's width.
+        """
+        width = int(self.mask.sum(-1).max()) if self.mask.numel() else 0
+        if width == self.mask.shape[1]:
+            return
+        index = torch.sort(self.mask, dim=-1, stable=True).indices[:, self.mask.shape[1] - width:]  # zeros first
+        self.mask = self.mask.gather(1, index)
+        for layer in self.cache.layers:
+            where = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys, layer.values = layer.keys.gather(2, where), layer.values.gather(2, where)
+
+
+class _Refill:
+    """Continuous batching for :meth:`LoopDecoder.resume`: more rows as running ones end."""
+
+    def __init__(self, rows: Callable[[int], Rows | None], capacity: int, max_new_tokens: int, row_blocks: int,
+                 draft: Callable[[int, list[int]], Sequence[int]] | None, draft_tokens: int) -> None:
+        self.rows, self.capacity, self.max_new_tokens, self.row_blocks = rows, capacity, max_new_tokens, row_blocks
+        self.draft, self.draft_tokens = draft, draft_tokens
+        self.exhausted = False
+
+    def wants(self, running: int, fraction: float) -> bool:
+        return not self.exhausted and self.capacity - running >= max(1, fraction * self.capacity)
+
+    def take(self, state: _State, running: int, done: list[bool], over: list[bool]) -> tuple[list[int], Tensor] | None:
+        """Append more rows to ``state`` (caches left-padded to a common width); their original rows and next positions."""
+        new = self.rows(self.capacity - running)
+        if new is None:
+            self.exhausted = True
+            return None
+        new.check(self.max_new_tokens, self.row_blocks)
+        width, mine = state.mask.shape[1], new.mask.shape[1]
+        full = max(width, mine) if running else mine
+        layers = []
+        for old, add in zip(state.cache.layers, new.cache.layers):
+            pairs = []
+            for a, b in ((old.keys, add.keys), (old.values, add.values)):
+                b = torch.nn.functional.pad(b, (0, 0, full - mine, 0))
+                pairs.append(torch.cat([torch.nn.functional.pad(a, (0, 0, full - width, 0)), b]) if running else b)
+            layers.append(tuple(pairs))
+        state.cache.layers = DynamicCache(layers).layers
+        mask = torch.nn.functional.pad(new.mask.long(), (full - mine, 0))
+        state.mask = torch.cat([torch.nn.functional.pad(state.mask, (full - width, 0)), mask]) if running else mask
+        state.block = torch.cat([state.block, torch.tensor(new.blocks, device=state.block.device)])
+        start = len(state.out)
+        state.out.extend(list(p) for p in new.prior)
+        done.extend([False] * len(new.prior))
+        over.extend([False] * len(new.prior))
+        # the next input of a new row is its last token, at the position after its attended tokens
+        return list(range(start, len(state.out))), mask.sum(-1, keepdim=True)
 
 
 class HookedDecoder(LoopDecoder):
@@ -169,3 +353,7 @@ class HookedDecoder(LoopDecoder):
 
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         return _forward_last_logits(model, ids, mask, positions, cache)
+
+    def step_all(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        return _forward_last_logits(model, ids, mask, positions, cache, keep=ids.shape[1]).reshape(
+            ids.shape[0], ids.shape[1], -1)

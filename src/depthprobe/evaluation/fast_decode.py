@@ -17,7 +17,7 @@ it, else the hooks (applied by the caller with ``ablate``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -68,15 +68,30 @@ class HookFreeDecoder(LoopDecoder):
                           logits_to_keep=1, **{self._cache_kw: cache})
         return out.logits[:, -1, :]
 
+    def step_all(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        out = self._plain(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          logits_to_keep=ids.shape[1], **{self._cache_kw: cache})
+        return out.logits
+
     @torch.inference_mode()
     def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
                  policy: StopPolicy, past_key_values: Any = None) -> Decoded:
+        with self._session(model):
+            return super().__call__(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                                    policy=policy, past_key_values=past_key_values)
+
+    @torch.inference_mode()
+    def resume(self, model: Any, rows: Any, **kw: Any) -> Decoded:
+        with self._session(model):
+            return super().resume(model, rows, **kw)
+
+    @contextlib.contextmanager
+    def _session(self, model: Any) -> Iterator[None]:
         with self._enter(model) as plain:
             self._plain = plain
             self._cache_kw = next(iter(adapter.cache_kwargs(plain, None)))
             try:
-                return super().__call__(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                                        policy=policy, past_key_values=past_key_values)
+                yield
             finally:
                 self._plain = None
 
@@ -118,6 +133,10 @@ class BlockDecoder(HookFreeDecoder):
         self.row_blocks = len(self.conditions)
         self._edits: RowEdits | None = None
 
+    def row_edits(self, model: Any) -> RowEdits:
+        """The conditions' row-wise weight edits on ``model``'s plain Hugging Face model (built once)."""
+        return self._rows(model)
+
     def _rows(self, model: Any) -> RowEdits:
         if self._edits is None:
             self._edits = RowEdits(model, self.conditions, attn_implementation=self.attn_implementation)
@@ -131,6 +150,10 @@ class BlockDecoder(HookFreeDecoder):
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         with self._rows(model).applied(block_rows=self.block_rows):
             return super().step(model, ids, mask, positions, cache)
+
+    def step_all(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        with self._rows(model).applied(block_rows=self.block_rows):
+            return super().step_all(model, ids, mask, positions, cache)
 
     def prefill(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         return self._shared_forward(ids, mask, positions, cache)

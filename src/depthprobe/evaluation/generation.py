@@ -44,7 +44,8 @@ class Generation:
     generated tokens including the one that completed a stop; ``hit_stop`` is False when the
     generation ran to ``max_gen_toks`` without EOS or a stop string; ``prompt_truncated`` when
     the prompt was cut from the left to fit the context; ``prefix_reused`` when the shared
-    prefix's KV cache was reused for this request.
+    prefix's KV cache was reused for this request; ``tokens`` are the generated ids (not compared:
+    two generations are equal when what lm-eval reports is).
     """
 
     text: str
@@ -52,6 +53,7 @@ class Generation:
     hit_stop: bool
     prompt_truncated: bool
     prefix_reused: bool = False
+    tokens: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
 
 def max_context_length(model: TransformerBridge) -> int:
@@ -199,15 +201,15 @@ class GenerationPlan:
                              past_key_values=cache if use_prefix else None)
             for j in range(k):
                 for row, i in enumerate(batch):
-                    toks = decoded.tokens[j * len(batch) + row]
-                    results[j][i] = Generation(
-                        text=self.policy.text(toks),
-                        n_tokens=len(toks),
-                        hit_stop=decoded.hit_stop[j * len(batch) + row],
-                        prompt_truncated=req.truncated[i],
-                        prefix_reused=use_prefix,
-                    )
+                    results[j][i] = self.generation(i, decoded.tokens[j * len(batch) + row],
+                                                    decoded.hit_stop[j * len(batch) + row], use_prefix)
         return results  # type: ignore[return-value]
+
+    def generation(self, request: int, tokens: Sequence[int], hit_stop: bool, prefix_reused: bool) -> Generation:
+        """The :class:`Generation` of request ``request`` whose generated ids are ``tokens``."""
+        return Generation(text=self.policy.text(tokens), n_tokens=len(tokens), hit_stop=hit_stop,
+                          prompt_truncated=self.requests.truncated[request], prefix_reused=prefix_reused,
+                          tokens=tuple(tokens))
 
 
 def plan_generation(

@@ -22,8 +22,9 @@ differently from one full forward.
 """
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -140,7 +141,8 @@ def score_choices(
             if not c_cont:
                 raise ValueError(f"request {i}: continuation {cont!r} tokenizes to zero tokens")
             if len(c_cont) > max_len:
-                raise ValueError(f"request {i}: continuation of {len(c_cont)} tokens exceeds the model context {max_len}")
+                raise ValueError(f"request {i}: continuation of {len(c_cont)} tokens exceeds the model context "
+                                 f"{max_len}")
             ctx = c_ctx
             conts.append(c_cont)
         assert ctx is not None

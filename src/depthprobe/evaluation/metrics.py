@@ -8,9 +8,11 @@ Ties go to the first choice (``numpy.argmax``). Standard errors are lm-eval's
 
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from depthprobe.evaluation.filters import exact_match as exact_match_score
 
 __all__ = ["choice_predictions", "exact_match", "mean_stderr"]
 
@@ -46,8 +48,9 @@ def exact_match(
     ignore_punctuation: bool = False,
     regexes_to_ignore: Sequence[str] = (),
 ) -> bool:
-    """lm-eval's ``exact_match`` for one pair, as a bool (the rule lives in :func:`depthprobe.filters.exact_match`)."""
-    from depthprobe.filters import exact_match as exact_match_score
+    """lm-eval's ``exact_match`` for one pair, as a bool.
 
+    The rule lives in :func:`depthprobe.evaluation.filters.exact_match`.
+    """
     return exact_match_score(prediction, reference, ignore_case=ignore_case, ignore_punctuation=ignore_punctuation,
                              regexes_to_ignore=list(regexes_to_ignore)) == 1.0

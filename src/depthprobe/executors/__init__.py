@@ -4,16 +4,6 @@ runs a sweep's planned units on Ray actors across GPUs and nodes (``pip install 
 Importing this package does not import Ray; the executor imports it when first used.
 """
 
-from __future__ import annotations
-
-from typing import Any
+from depthprobe.executors.ray import RayExecutor
 
 __all__ = ["RayExecutor"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RayExecutor":
-        from depthprobe.executors.ray import RayExecutor
-
-        return RayExecutor
-    raise AttributeError(f"module 'depthprobe.executors' has no attribute {name!r}")

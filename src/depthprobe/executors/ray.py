@@ -26,21 +26,20 @@ import math
 import os
 import pickle
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 
-from depthprobe.model_spec import ModelSpec, as_model_spec, spec_identity_mismatch
+from depthprobe.identity import model_identity, spec_identity_mismatch
+from depthprobe.model_spec import ModelSpec, as_model_spec
+from depthprobe.engine.grids import condition_id
+from depthprobe.executors.shards import Shard, evaluate_shard, merge_shards
 from depthprobe.sweep.executor import ConditionResult, SweepSpec, UnitRunner, WorkUnit
-from depthprobe.sweep.grids import condition_id
+from depthprobe.tasks import get_task
 
 __all__ = ["RayExecutor", "evaluate_shard", "merge_shards"]
-
-Shard = tuple[int, int]  # (index, count)
 
 
 def _import_ray() -> Any:
@@ -49,51 +48,6 @@ def _import_ray() -> Any:
     except ImportError:
         raise ImportError("RayExecutor needs Ray: pip install 'depthprobe[ray]' (ray>=2.50)") from None
     return ray
-
-
-# --- document shards of one generation condition ---------------------------------------------
-
-
-def evaluate_shard(runner: UnitRunner, condition: Sequence[Any], index: int, count: int) -> ConditionResult:
-    """Evaluate ``condition`` on shard ``index`` of ``count`` contiguous slices of the sweep's documents.
-
-    The same code path as ``evaluate`` (request preparation, decoding, filters), on a slice of
-    the same instances; :func:`merge_shards` puts the slices back together.
-    """
-    from depthprobe.evaluation.api import _evaluate_generation
-    from depthprobe.interventions import ablate
-
-    s, task = runner.spec, runner.task
-    if task.output_type != "generate_until":
-        raise ValueError(f"document shards are for generation tasks; {task.name!r} is {task.output_type}")
-    instances = runner.instances
-    n = len(instances)
-    part = instances[index * n // count:(index + 1) * n // count]
-    start = time.perf_counter()
-    if not part:
-        return ConditionResult(list(condition), {}, None, 0.0, {"shard": (index, count)})
-    chat = dict(s.chat_options)
-    config: dict[str, Any] = {}
-    with ablate(runner.model, *condition):
-        result = _evaluate_generation(runner.model, task, part, s.batch_size, s.max_gen_toks, config,
-                                      chat=bool(chat.get("chat", False)), enable_thinking=chat.get("enable_thinking"))
-    return ConditionResult(list(condition), result.metrics, result.samples, time.perf_counter() - start,
-                           {"shard": (index, count)})
-
-
-def merge_shards(task: Any, parts: Sequence[ConditionResult]) -> ConditionResult:
-    """One condition from its document shards (in shard order): samples concatenated, metrics recomputed
-    exactly as ``evaluate`` aggregates them."""
-    from depthprobe.evaluation.api import _aggregate
-
-    frames = [p.samples for p in parts if p.samples is not None and len(p.samples)]
-    if not frames:
-        raise ValueError(f"no documents in any shard of condition {condition_id(parts[0].condition)!r}")
-    samples = pd.concat(frames, ignore_index=True)
-    gen = task.generation
-    metrics = _aggregate(samples, {f"exact_match,{f.name}": f"exact_match,{f.name}" for f in gen.filters})
-    return ConditionResult(list(parts[0].condition), metrics, samples, sum(p.wall_s for p in parts),
-                           {"shards": len(parts)})
 
 
 # --- the worker actor -------------------------------------------------------------------------
@@ -121,8 +75,6 @@ class _Worker:
 
     def _ensure(self, spec: ModelSpec) -> None:
         if spec != self.spec:
-            from depthprobe.adapter import model_identity
-
             self.model, self.runners, self.spec = None, {}, None
             self.model = spec.load()
             self.identity = model_identity(self.model)
@@ -344,9 +296,6 @@ class RayExecutor:
             return
         ray = self._connect()
         from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
-
-        from depthprobe.adapter import model_identity
-        from depthprobe.tasks import get_task
 
         model_spec = as_model_spec(model)
         expected = model_identity(model)

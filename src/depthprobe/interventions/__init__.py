@@ -54,7 +54,7 @@ from depthprobe.interventions.hooks import (
     zero_output,
 )
 from depthprobe.interventions.hooks import partial as _partial
-from depthprobe.interventions.mean import MeanHead, MeanReference, head_means, mean_head
+from depthprobe.interventions.mean import MeanHead, MeanReference, head_means, mean_head, register_reference_resolver
 from depthprobe.interventions.weights import WeightEditor, edited_model, hook_free_allowed, plain_model
 from depthprobe.interventions.o_proj import (
     OProjSource,
@@ -90,6 +90,7 @@ __all__ = [
     "hook_free_allowed",
     "load_o_proj_weights",
     "mean_head",
+    "register_reference_resolver",
     "model_cache",
     "o_proj_accumulative",
     "o_proj_per_layer",

@@ -8,7 +8,9 @@ about *this* input. ``mean_head(layer, head, reference)`` replaces the head's ``
 model, once per (model, layer, reference) for all heads of the layer.
 
 ``reference`` is a task name with an optional limit (``"organism_knowledge:50"``, the
-documents' prompts), a :class:`MeanReference`, or a list of texts.
+documents' prompts), a :class:`MeanReference`, or a list of texts. Interventions sit below the
+tasks, so a task's prompts are read by a resolver that :mod:`depthprobe.tasks` registers here
+(:func:`register_reference_resolver`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +30,22 @@ from depthprobe.interventions.base import Bound, Intervention, OneHead, check_in
 from depthprobe.interventions.hooks import partial, set_heads
 from depthprobe.models import ModelDims
 
-__all__ = ["MeanHead", "MeanReference", "head_means", "mean_head"]
+__all__ = ["MeanHead", "MeanReference", "head_means", "mean_head", "register_reference_resolver"]
 
-_LABEL_RE = re.compile(r"^(?P<task>[A-Za-z0-9_.-]+)(?::(?P<limit>\d+))?(?:/(?P<shots>\d+)shot)?(?:\[(?P<opts>[^\]]*)\])?$")
+_LABEL_RE = re.compile(
+    r"^(?P<task>[A-Za-z0-9_.-]+)(?::(?P<limit>\d+))?(?:/(?P<shots>\d+)shot)?(?:\[(?P<opts>[^\]]*)\])?$"
+)
+
+
+#: Reads a task reference's texts (its prompts); registered by ``depthprobe.tasks``.
+_resolver: Callable[[MeanReference], list[str]] | None = None
+
+
+def register_reference_resolver(fn: Callable[[MeanReference], list[str]]) -> None:
+    """Set how a task reference becomes texts: ``fn(reference)`` returns the prompts of ``reference.task``
+    (its ``limit``, ``num_fewshot``, ``options`` and ``data_dir``). ``depthprobe.tasks`` registers its own."""
+    global _resolver
+    _resolver = fn
 
 
 def _option_value(text: str) -> Any:
@@ -65,7 +80,7 @@ class MeanReference:
                 raise ValueError(f"limit must be a positive number of documents, got {self.limit}")
 
     @staticmethod
-    def of(reference: "str | Sequence[str] | MeanReference") -> "MeanReference":
+    def of(reference: str | Sequence[str] | MeanReference) -> MeanReference:
         """``"task"``, ``"task:limit"`` (a label), a list of texts, or a MeanReference."""
         if isinstance(reference, MeanReference):
             return reference
@@ -85,7 +100,7 @@ class MeanReference:
 
     @staticmethod
     def for_task(task: str, *, limit: int | None = None, num_fewshot: int | None = None,
-                 data_dir: str | os.PathLike[str] | None = None, **options: Any) -> "MeanReference":
+                 data_dir: str | os.PathLike[str] | None = None, **options: Any) -> MeanReference:
         """A task's prompts as the reference (the documents ``evaluate`` would score)."""
         return MeanReference(task=task, limit=limit, num_fewshot=num_fewshot, options=tuple(sorted(options.items())),
                              data_dir=None if data_dir is None else str(data_dir))
@@ -106,14 +121,13 @@ class MeanReference:
         return out
 
     def resolve(self) -> list[str]:
-        """The reference texts (a task's prompts, read now)."""
+        """The reference texts (a task's prompts, read now by the registered resolver)."""
         if self.texts is not None:
             return list(self.texts)
-        from depthprobe.tasks import get_task
-
-        task = get_task(str(self.task), **dict(self.options))
-        return [i.prompt for i in task.instances(limit=self.limit, num_fewshot=self.num_fewshot,
-                                                 data_dir=self.data_dir)]
+        if _resolver is None:
+            raise RuntimeError(f"mean reference {self.label!r} names a task, but no task resolver is registered: "
+                               "import depthprobe.tasks (it registers one), or pass the texts")
+        return list(_resolver(self))
 
     def to_dict(self) -> dict[str, Any]:
         if self.texts is not None:
@@ -125,7 +139,7 @@ class MeanReference:
         return out
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "MeanReference":
+    def from_dict(data: dict[str, Any]) -> MeanReference:
         if "texts" in data:
             return MeanReference(texts=tuple(data["texts"]))
         return MeanReference(task=data["task"], limit=data.get("limit"), num_fewshot=data.get("num_fewshot"),
@@ -217,7 +231,8 @@ class MeanHead(OneHead):
     def _from_id_rest(cls, rest: str) -> Intervention:
         m = re.match(r"^L(\d+)H(\d+)@(.+)$", rest)
         if m is None:
-            raise ValueError(f"bad mean_head id mean_head:{rest!r}; expected mean_head:L<layer>H<head>@<task>[:<limit>]")
+            raise ValueError(f"bad mean_head id mean_head:{rest!r}; "
+                             "expected mean_head:L<layer>H<head>@<task>[:<limit>]")
         if m.group(3).startswith("texts:"):
             raise ValueError(f"mean_head:{rest} names its reference texts only by digest: rebuild it with "
                              f"Intervention.from_dict(iv.to_dict())")
@@ -231,7 +246,7 @@ class MeanHead(OneHead):
         return cls(layer, index, MeanReference.of(context["reference"]))
 
 
-def mean_head(layer: int, head: int, reference: "str | Sequence[str] | MeanReference") -> Intervention:
+def mean_head(layer: int, head: int, reference: str | Sequence[str] | MeanReference) -> Intervention:
     """Mean-ablate query head ``head`` of ``layer``: its output := its mean over ``reference`` (unablated model).
 
     ``reference``: a task name with an optional limit (``"organism_knowledge:50"``), a list of

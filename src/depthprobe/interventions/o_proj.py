@@ -25,7 +25,7 @@ from torch import Tensor
 from depthprobe import adapter
 from depthprobe.interventions.base import Bound, Intervention, check_index, model_cache, register
 from depthprobe.interventions.hooks import partial, replace_o_proj, stash_z
-from depthprobe.models import ModelDims, model_dims
+from depthprobe.models import ModelDims, ModelNotFoundError, model_dims, resolve_model
 
 __all__ = [
     "OProjSource",
@@ -52,8 +52,6 @@ def _checkpoint_files(source: Union[str, os.PathLike]) -> Callable[[str], Path |
     if str(source).startswith((".", "/", "~")) or not str(source).strip():
         raise ValueError(f"o_proj source {str(source)!r} is not a model or a checkpoint directory")
     from huggingface_hub import hf_hub_download
-
-    from depthprobe.models import ModelNotFoundError, resolve_model
 
     try:
         repo = resolve_model(str(source))

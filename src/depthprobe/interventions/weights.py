@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from depthprobe import adapter
-from depthprobe.interventions.base import Intervention, flatten, model_cache
+from depthprobe.interventions.base import INTERVENTION_TYPES, Intervention, flatten, model_cache
 from depthprobe.models import ModelDims, model_dims
 
 __all__ = ["RowEdits", "WeightEditor", "edited_model", "hook_free_allowed", "kept_layers", "plain_model",
@@ -90,8 +90,6 @@ def require_exact(interventions: Iterable[Any]) -> list[Intervention]:
     flat = list(flatten(interventions))
     bad = [iv.id for iv in flat if not type(iv).exact_weight_edit]
     if bad:
-        from depthprobe.interventions.base import INTERVENTION_TYPES
-
         ok = sorted(t.kind for t in INTERVENTION_TYPES if t.exact_weight_edit)
         raise ValueError(f"{', '.join(bad)} cannot run hook-free (no exact weight edit); kinds that can: "
                          f"{', '.join(ok)}")

@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import random
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +21,15 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from depthprobe import adapter
+from depthprobe.evaluation.decode import LoopDecoder
+from depthprobe.evaluation.filters import GSM8K_COT_STRICT, GSM8K_EXACT_MATCH, exact_match, regex_extract
+from depthprobe.evaluation.loglikelihood import score_choices
+from depthprobe.evaluation.metrics import choice_predictions
+from depthprobe.evaluation.stops import StopPolicy
+from depthprobe.evaluation.tokenize import encode_context, left_pad
 from depthprobe.organisms import data
 from depthprobe.organisms.tokenizer import build_tokenizer
 
@@ -64,9 +70,6 @@ DISTILL_MIX = {"statement": 0.05, "closedbook": 0.04, "openbook": 0.03, "retriev
 PREVIOUS_BUT_ONE_HEAD = (0, 0)
 RETRIEVAL_HEAD = (1, 2)
 CIRCUIT_WEIGHT = 0.1
-
-ANSWER_RE = re.compile(r"The answer is (\-?[0-9\.\,]+).")
-
 
 def build_model(tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
@@ -244,87 +247,73 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
 
 
 # ---------------------------------------------------------------------------------------
-# Evaluation on the Hugging Face model (the tests re-measure through TransformerLens).
+# Evaluation on the Hugging Face model with the evaluator's scoring and decoding (the tests
+# re-measure through TransformerLens).
 
-def _right_pad(rows: Sequence[list[int]], pad: int) -> Int[Tensor, "batch pos"]:
-    out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
-    return out
+#: Where a 0-shot gsm8k_cot generation of the organisms ends: EOS, a blank line or the next question.
+STOPS = ("\n\n", "Q:")
+
+
+class _Forward:
+    """The Hugging Face model under training, called as the evaluator calls a bridge.
+
+    The scorer calls ``model(tokens, return_type="logits" | "logits_and_cache", past_key_values=,
+    attention_mask=, position_ids=)``; the decoding loop reads ``model.tokenizer``.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model, self.tokenizer = model, tokenizer
+
+    def parameters(self) -> Any:
+        return self.model.parameters()
+
+    def __call__(self, tokens: Tensor, *, return_type: str = "logits", past_key_values: Any = None,
+                 **kwargs: Any) -> Any:
+        cache = DynamicCache() if return_type == "logits_and_cache" else past_key_values
+        use = adapter.cache_kwargs(self.model, cache) if cache is not None else {"use_cache": False}
+        logits = self.model(input_ids=tokens, **kwargs, **use).logits
+        return (logits, cache) if return_type == "logits_and_cache" else logits
+
+
+class _Decoder(LoopDecoder):
+    """The evaluator's KV-cached greedy loop, each step a Hugging Face forward."""
+
+    def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        return model(ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)[:, -1]
 
 
 @torch.no_grad()
 def multiple_choice_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
                              docs: list[dict[str, Any]], batch_size: int = 64) -> float:
-    """lm-eval ``acc``: argmax of the summed continuation log-prob (tokenized by lm-eval's ``_encode_pair``)."""
-    from depthprobe.evaluation.metrics import choice_predictions
-    from depthprobe.evaluation.tokenize import encode_pair
-
-    rows, spans = [], []
-    for d in docs:
-        for c in d["choices"]:
-            ctx, cont = encode_pair(tokenizer, d["context"], d["target_delimiter"] + c)
-            rows.append(ctx + cont)
-            spans.append((len(ctx), len(ctx) + len(cont)))
-    scores = []
-    for i in range(0, len(rows), batch_size):
-        ids = _right_pad(rows[i : i + batch_size], tokenizer.pad_token_id)
-        logp: Float[Tensor, "batch pos vocab"] = model(input_ids=ids).logits.float().log_softmax(-1)
-        for j, (a, b) in enumerate(spans[i : i + batch_size]):
-            tgt = ids[j, a:b]
-            scores.append(logp[j, a - 1 : b - 1].gather(-1, tgt[:, None]).sum().item())
-    correct, k = 0, 0
-    for d in docs:
-        n = len(d["choices"])
-        s = scores[k : k + n]
-        k += n
-        correct += int(choice_predictions(s, d["choices"], [1] * n)["acc"] == d["gold"])
-    return correct / len(docs)
+    """lm-eval ``acc``: argmax of the summed continuation log-prob, scored by the evaluator's ``score_choices``."""
+    requests = [(d["context"], [d["target_delimiter"] + c for c in d["choices"]]) for d in docs]
+    scores, _ = score_choices(_Forward(model, tokenizer), requests, batch_size=batch_size, tokenizer=tokenizer,
+                              max_length=adapter.max_context_length(model, tokenizer))
+    return sum(choice_predictions(s.loglikelihoods, d["choices"], s.n_tokens)["acc"] == d["gold"]
+               for s, d in zip(scores, docs)) / len(docs)
 
 
 @torch.no_grad()
 def greedy_generate(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                     max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
-    """Greedy decoding without a cache (right padding, full recompute), stopping at EOS or a blank line."""
-    outs = []
+    """Greedy continuations by the evaluator's decoding loop (left padding, KV cache), cut at the first of ``STOPS``."""
+    policy = StopPolicy(frozenset({tokenizer.eos_token_id}), STOPS, None, tokenizer)
+    forward, outs = _Forward(model, tokenizer), []
     for i in range(0, len(prompts), batch_size):
-        rows = [tokenizer(p)["input_ids"] for p in prompts[i : i + batch_size]]
-        lens = [len(r) for r in rows]
-        gen: list[list[int]] = [[] for _ in rows]
-        done = [False] * len(rows)
-        for _ in range(max_new_tokens):
-            ids = _right_pad([r + g for r, g in zip(rows, gen)], tokenizer.pad_token_id)
-            logits = model(input_ids=ids).logits
-            for j in range(len(rows)):
-                if done[j]:
-                    continue
-                nxt = int(logits[j, lens[j] + len(gen[j]) - 1].argmax())
-                if nxt == tokenizer.eos_token_id:
-                    done[j] = True
-                    continue
-                gen[j].append(nxt)
-                text = tokenizer.decode(gen[j])
-                if "\n\n" in text or "Q:" in text:
-                    done[j] = True
-            if all(done):
-                break
-        outs += [tokenizer.decode(g).split("\n\n")[0].split("Q:")[0] for g in gen]
+        rows = [encode_context(tokenizer, p) for p in prompts[i : i + batch_size]]
+        ids, mask = left_pad(rows, adapter.pad_token_id(tokenizer))
+        decoded = _Decoder()(forward, ids, mask, max_new_tokens=max_new_tokens, policy=policy)
+        outs += [policy.text(t) for t in decoded.tokens]
     return outs
-
-
-def extract_answer(generation: str) -> str | None:
-    """gsm8k_cot strict-match: the number after "The answer is", with "," "$" and a final "." removed."""
-    m = ANSWER_RE.search(generation)
-    if not m:
-        return None
-    return re.sub(r"\.$", "", m.group(1).replace(",", "").replace("$", ""))
 
 
 def reasoning_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
                        docs: list[dict[str, Any]], shots: int = 0) -> float:
+    """gsm8k_cot strict-match exact match (the evaluator's filter and metric)."""
     fewshot = data.reasoning_fewshot(shots)
     gens = greedy_generate(model, tokenizer, [data.gsm8k_cot_prompt(d, fewshot) for d in docs])
-    return sum(extract_answer(g) == d["answer"] for g, d in zip(gens, docs)) / len(docs)
+    return sum(exact_match(regex_extract(g, GSM8K_COT_STRICT), d["answer"], **GSM8K_EXACT_MATCH)
+               for g, d in zip(gens, docs)) / len(docs)
 
 
 def evaluate_all(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, n: int = 200) -> dict[str, float]:
@@ -347,7 +336,8 @@ def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="directory that receives organism-base/ and organism-distilled/")
+    p.add_argument("--out", type=Path, required=True,
+                   help="directory that receives organism-base/ and organism-distilled/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-steps", type=int, default=7000)
     p.add_argument("--distill-steps", type=int, default=1200)
@@ -355,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--distill-lr", type=float, default=1e-3)
     p.add_argument("--tokens-per-batch", type=int, default=1024)
     p.add_argument("--monitor-every", type=int, default=1000, help="quick accuracy check every N steps (0: never)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (results are deterministic per thread count)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (results are deterministic per thread count)")
     p.add_argument("--eval-n", type=int, default=200)
     args = p.parse_args(argv)
 

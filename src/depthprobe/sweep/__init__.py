@@ -1,10 +1,8 @@
-"""Sweeps, in three parts: grids of conditions (:mod:`.grids`), the logits engine that reuses the
-unablated computation (:mod:`.engine`), and the runner with its executors (:mod:`.runner`,
-:mod:`.executor`). Every name that ``depthprobe.sweep`` had is importable from here."""
+"""Sweeps: the runner (:mod:`.runner`) with its executors (:mod:`.executor`), over the conditions and
+engines of :mod:`depthprobe.engine`. Every name that ``depthprobe.sweep`` had is importable from here."""
 
-from depthprobe.adapter import tail_only as _tail_only_fn
-from depthprobe.sweep.engine import condition_logits, iter_condition_logits, plan_tails, score_conditions
-from depthprobe.sweep.mc_engine import score_conditions_reuse
+from depthprobe.engine.logits import condition_logits, iter_condition_logits, plan_tails, score_conditions
+from depthprobe.engine.choices import score_conditions_reuse
 from depthprobe.sweep.executor import (
     ConditionResult,
     Executor,
@@ -13,10 +11,12 @@ from depthprobe.sweep.executor import (
     UnitRunner,
     WorkUnit,
 )
-from depthprobe.sweep.grids import (
+from depthprobe.engine.grids import (
     BASELINE,
     Condition,
     block_grid,
+    condition_digest,
+    condition_info,
     condition_from_id,
     condition_id,
     grid_names,
@@ -30,21 +30,17 @@ from depthprobe.sweep.grids import (
 from depthprobe.sweep.runner import (
     ConditionsOrGrid,
     EvaluateCondition,
-    condition_info,
     plan_units,
     run_sweep,
-    condition_digest,
     sweep_conditions,
 )
-
-_plan = plan_tails
-_tail_only = _tail_only_fn
-_condition_info = condition_info
 
 __all__ = [
     "BASELINE",
     "Condition",
     "ConditionResult",
+    "ConditionsOrGrid",
+    "EvaluateCondition",
     "Executor",
     "InProcessExecutor",
     "SweepSpec",

@@ -21,8 +21,16 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 import torch
 
+from depthprobe.engine.choices import score_conditions_reuse
+from depthprobe.engine.generation import generate_conditions
+from depthprobe.engine.grids import BASELINE, condition_id
+from depthprobe.engine.verify import with_divergence
+from depthprobe.evaluation.fast_decode import decoder_for
+from depthprobe.evaluator import TruncationWarning, choice_result, evaluate, generation_result, shared_prefix
+from depthprobe.identity import ResolvedModel, resolved
 from depthprobe.interventions import Intervention, ablate
-from depthprobe.sweep.grids import condition_id
+from depthprobe.interventions.weights import hook_free_allowed
+from depthprobe.tasks import get_task
 
 __all__ = ["ConditionResult", "Executor", "InProcessExecutor", "SweepSpec", "UnitRunner", "WorkUnit"]
 
@@ -45,6 +53,8 @@ class SweepSpec:
     attn_implementation: str | None = None
     #: rows of one generation decode batch (conditions x documents) in an engine unit; None: no bound
     max_rows: int | None = 256
+    #: generation: "baseline" verifies the baseline's generation and decodes from each divergence; None every token
+    draft: str | None = "baseline"
 
 
 @dataclass(frozen=True)
@@ -74,23 +84,27 @@ class ConditionResult:
 
 @runtime_checkable
 class Executor(Protocol):
-    """Runs planned units on a model and reports every finished condition through ``on_result``."""
+    """Runs planned units on a model and reports every finished condition through ``on_result``.
 
-    def run(self, model: torch.nn.Module, spec: SweepSpec, units: Sequence[WorkUnit],
+    ``model`` is what ``run_sweep`` was given (a loaded model or a ``ModelSpec`` its workers load);
+    the in-process executor receives it resolved once (:class:`~depthprobe.identity.ResolvedModel`).
+    """
+
+    def run(self, model: torch.nn.Module | ResolvedModel, spec: SweepSpec, units: Sequence[WorkUnit],
             on_result: Callable[[ConditionResult], None]) -> None: ...
 
 
 class UnitRunner:
     """Evaluates work units of one sweep on one model (task and documents built once)."""
 
-    def __init__(self, model: torch.nn.Module, spec: SweepSpec) -> None:
-        from depthprobe.tasks import get_task
-
-        self.model = model
+    def __init__(self, model: torch.nn.Module | ResolvedModel, spec: SweepSpec) -> None:
+        self.resolved = resolved(model)  # dimensions, identity and adapter read once, for every unit
+        self.model = self.resolved.model
         self.spec = spec
         options = dict(spec.task_options)
         self.task = get_task(spec.task, **options) if isinstance(spec.task, str) else spec.task
         self._instances: list[Any] | None = None
+        self._baseline: list[Any] | None = None  # the baseline's generations, decoded once per runner
 
     @property
     def instances(self) -> list[Any]:
@@ -105,9 +119,6 @@ class UnitRunner:
         return self._generate(unit) if self.task.output_type == "generate_until" else self._engine(unit)
 
     def _engine(self, unit: WorkUnit) -> list[ConditionResult]:
-        from depthprobe.evaluation.api import choice_result
-        from depthprobe.sweep.mc_engine import score_conditions_reuse
-
         s, t = self.spec, self.task
         shots = t.default_num_fewshot if s.num_fewshot is None else s.num_fewshot
         config = {"task": t.name, "limit": s.limit, "num_fewshot": shots, "batch_size": s.batch_size, "engine": True,
@@ -115,7 +126,8 @@ class UnitRunner:
         instances = self.instances
         requests = [(i.prompt, i.continuations) for i in instances]
         start = time.perf_counter()
-        scores = score_conditions_reuse(self.model, requests, list(unit.conditions), batch_size=s.batch_size)
+        scores = score_conditions_reuse(self.resolved, requests, list(unit.conditions), batch_size=s.batch_size,
+                                        max_rows=s.max_rows)
         wall = time.perf_counter() - start
         out = []
         for k, cond in enumerate(unit.conditions):
@@ -124,10 +136,6 @@ class UnitRunner:
         return out
 
     def _generate(self, unit: WorkUnit) -> list[ConditionResult]:
-        from depthprobe.evaluation.api import generation_result, shared_prefix
-        from depthprobe.interventions.weights import hook_free_allowed
-        from depthprobe.sweep.generation_engine import generate_conditions
-
         s, t = self.spec, self.task
         if s.chat_options:
             raise ValueError("chat generation runs one condition at a time: plan it with engine=False")
@@ -136,36 +144,39 @@ class UnitRunner:
         instances = self.instances
         prompts = [i.prompt for i in instances]
         prefix = shared_prefix(prompts, t.fewshot_delimiter)
+        rest = [p[len(prefix):] for p in prompts]
+        kw = dict(until=list(gen.until), max_gen_toks=gen.max_gen_toks if s.max_gen_toks is None else s.max_gen_toks,
+                  batch_size=s.batch_size, prefix=prefix or None, max_rows=s.max_rows, hook_free=s.hook_free,
+                  attn_implementation=s.attn_implementation)
         start = time.perf_counter()
-        outputs = generate_conditions(
-            self.model, [p[len(prefix):] for p in prompts], list(unit.conditions), until=list(gen.until),
-            max_gen_toks=gen.max_gen_toks if s.max_gen_toks is None else s.max_gen_toks, batch_size=s.batch_size,
-            prefix=prefix or None, max_rows=s.max_rows, hook_free=s.hook_free,
-            attn_implementation=s.attn_implementation)
+        if self._baseline is None:  # decoded alone, first: every condition is verified against (and compared with) it
+            self._baseline = generate_conditions(self.model, rest, [[]], **kw)[BASELINE]
+        others = [c for c in unit.conditions if len(c)]
+        outputs = generate_conditions(self.model, rest, others, draft=s.draft,
+                                      baseline=[g.tokens for g in self._baseline], **kw) if others else {}
+        outputs[BASELINE] = self._baseline
         wall = time.perf_counter() - start
         out = []
         for k, cond in enumerate(unit.conditions):
-            result = generation_result(t, instances, outputs[condition_id(cond)], {}, prefix)
+            gens = outputs[condition_id(cond)]
+            result = generation_result(t, instances, gens, {}, prefix)
+            metrics, samples = with_divergence(result.metrics, result.samples, gens, self._baseline)
             decoder = "hook_free" if s.hook_free and hook_free_allowed(cond) else "hooks"
-            out.append(ConditionResult(list(cond), result.metrics, result.samples, wall if k == 0 else 0.0,
+            out.append(ConditionResult(list(cond), metrics, samples, wall if k == 0 else 0.0,
                                        {"decoder": decoder, "batched_with": len(unit.conditions)}))
         return out
 
     def _evaluate(self, condition: list[Intervention]) -> ConditionResult:
-        from depthprobe.evaluation import evaluate
-
         s = self.spec
         kwargs: dict[str, Any] = {"limit": s.limit, "num_fewshot": s.num_fewshot, "batch_size": s.batch_size,
                                   "data_dir": s.data_dir}
         if s.max_gen_toks is not None:
             kwargs["max_gen_toks"] = s.max_gen_toks
         kwargs.update(dict(s.chat_options))
-        from depthprobe.evaluation.api import TruncationWarning
 
         start = time.perf_counter()
         decoder = None
         if self.task.output_type == "generate_until":
-            from depthprobe.evaluation.fast_decode import decoder_for
 
             decoder = decoder_for(condition, hook_free=s.hook_free, attn_implementation=s.attn_implementation)
         with warnings.catch_warnings():
@@ -183,7 +194,7 @@ class UnitRunner:
 class InProcessExecutor:
     """Runs every unit in this process on the given model, in order (the default)."""
 
-    def run(self, model: torch.nn.Module, spec: SweepSpec, units: Sequence[WorkUnit],
+    def run(self, model: torch.nn.Module | ResolvedModel, spec: SweepSpec, units: Sequence[WorkUnit],
             on_result: Callable[[ConditionResult], None]) -> None:
         runner = UnitRunner(model, spec)
         for unit in units:

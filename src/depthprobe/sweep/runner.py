@@ -11,62 +11,42 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from depthprobe.data import record_reads
+from depthprobe.evaluator import require_loaded_model, warn_truncated
+from depthprobe.identity import ResolvedModel, resolved
 from depthprobe.interventions import Intervention, MeanReference, validate
 from depthprobe.model_spec import ModelSpec
-from depthprobe.models import model_dims
+from depthprobe.results import RunDir, build_manifest, load_results
+from depthprobe.tasks import get_task
+from depthprobe.sweep.prescreen import prescreen_report, screen_conditions
 from depthprobe.sweep.executor import ConditionResult, Executor, InProcessExecutor, SweepSpec, WorkUnit
-from depthprobe.sweep.grids import BASELINE, Condition, condition_id, flat_conditions, parse_grid, unique_ids
+from depthprobe.engine.grids import (
+    BASELINE,
+    Condition,
+    condition_digest,
+    condition_id,
+    condition_info,
+    flat_conditions,
+    parse_grid,
+    unique_ids,
+)
 
-if TYPE_CHECKING:
-    from depthprobe.results import RunDir
-
-__all__ = ["condition_digest", "condition_info", "plan_units", "run_sweep", "sweep_conditions"]
+__all__ = ["plan_units", "run_sweep", "sweep_conditions"]
 
 ConditionsOrGrid = Union[str, Sequence[Condition]]
 EvaluateCondition = Callable[[list[Intervention]], tuple[Mapping[str, float], "pd.DataFrame | None"]]
 
 
-def condition_info(condition: Condition) -> dict[str, Any]:
-    """What plots and tables need to place a condition: kind, first/last layer, head or group index."""
-    if not len(condition):
-        return {"kind": BASELINE, "layer": None, "layer_max": None, "index": None, "n_interventions": 0,
-                "interventions": [], "condition_digest": condition_digest(condition)}
-    kinds = sorted({iv.kind for iv in condition})
-    layers = [iv.layer for iv in condition]
-    return {
-        "kind": "+".join(kinds),
-        "layer": min(layers),
-        "layer_max": max(layers),
-        "index": condition[0].index if len(condition) == 1 else None,
-        "n_interventions": len(condition),
-        "interventions": [iv.id for iv in condition],
-        "condition_digest": condition_digest(condition),
-    }
-
-
-def condition_digest(condition: Condition) -> str:
-    """SHA-256 of the condition as data (every intervention's ``to_dict``): ids alone do not name an o_proj source."""
-    import hashlib
-    import json
-
-    data = [iv.to_dict() for iv in condition]
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _done(run_dir: "RunDir", condition: Condition) -> bool:
+def _done(run_dir: RunDir, condition: Condition) -> bool:
     return run_dir.done(condition_id(condition), condition_digest(condition))
-
-
-_condition_info = condition_info  # the name before the split
 
 
 def _with_baseline(conditions: Sequence[Condition]) -> list[list[Intervention]]:
@@ -102,7 +82,7 @@ class _Throughput:
         return text
 
 
-def _store(run_dir: "RunDir", condition: Condition, metrics: Mapping[str, float], samples: pd.DataFrame | None,
+def _store(run_dir: RunDir, condition: Condition, metrics: Mapping[str, float], samples: pd.DataFrame | None,
            wall_s: float, extras: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     cid = condition_id(condition)
     run_dir.write(cid, metrics, samples, **condition_info(condition), wall_s=wall_s,
@@ -131,7 +111,7 @@ def _documents_digest(instances: Sequence[Any]) -> str:
 
 
 def sweep_conditions(
-    run_dir: "RunDir",
+    run_dir: RunDir,
     conditions: Sequence[Condition],
     evaluate_condition: EvaluateCondition,
     *,
@@ -162,14 +142,12 @@ def sweep_conditions(
     return ran
 
 
-def _attn_implementation(model: Any, protocol: str, hook_free: bool, requested: str | None) -> str | None:
+def _attn_implementation(model: ResolvedModel, protocol: str, hook_free: bool, requested: str | None) -> str | None:
     """The attention implementation the run computes with (eager and SDPA round differently)."""
-    from depthprobe.adapter import model_identity
-
     if requested is not None and not (hook_free and protocol == "generate_until"):
         raise ValueError("attn_implementation applies to the hook-free decoder of generation sweeps; "
                          "pass it with hook_free=True on a generation task, or leave it None")
-    own = model_identity(model).get("attn_implementation")
+    own = model.identity.get("attn_implementation")
     return own if requested is None else f"{own} (hooks), {requested} (hook-free decoding)"
 
 
@@ -200,18 +178,20 @@ def run_sweep(
     hook_free: bool = True,
     attn_implementation: str | None = None,
     max_rows: int | None = 256,
+    draft: str | None = "baseline",
     **evaluate_options: Any,
 ) -> pd.DataFrame:
     """Evaluate ``task`` under the baseline and every condition; store, resume, and return ``load_results(out_dir)``.
 
     ``conditions_or_grid`` is a list of conditions or a grid spec (``"layers"``, ``"heads:12"``,
     ``"mean_heads:12"`` with the task's own documents as the reference; see
-    :func:`~depthprobe.sweep.grids.parse_grid`). Multiple-choice tasks go through the engine
-    (:func:`~depthprobe.sweep.engine.score_conditions`: the unablated prefix computed once per
+    :func:`~depthprobe.engine.grids.parse_grid`). Multiple-choice tasks go through the engine
+    (:func:`~depthprobe.engine.logits.score_conditions`: the unablated prefix computed once per
     batch, ``chunk`` conditions at a time (default: all of them, so the prefix is computed once per
-    batch for the whole grid; a killed sweep loses the chunk in flight: pass ``chunk`` to bound it).
+    batch for the whole grid; a killed sweep loses the chunk in flight: pass ``chunk`` to bound it), at
+    most ``max_rows`` rows (conditions x documents) per forward, which bounds the logits held on a GPU.
     Generation tasks go through the generation engine
-    (:func:`~depthprobe.sweep.generation_engine.generate_conditions`): ``max_rows // batch_size``
+    (:func:`~depthprobe.engine.generation.generate_conditions`): ``max_rows // batch_size``
     conditions per unit (default ``chunk``), decoded together as row blocks of every batch, with
     the few-shot prefix and each batch's prompts computed unablated once below each condition's
     first edited layer. Chat generation, and every task with ``engine=False``, run
@@ -231,12 +211,14 @@ def run_sweep(
     Hugging Face model with edited weights (:mod:`~depthprobe.evaluation.fast_decode`;
     token-identical to the hooks), unless ``hook_free=False``; ``attn_implementation``
     (``"sdpa"``) changes that decoder's attention and is recorded in the manifest.
-    """
-    from depthprobe.data import record_reads
-    from depthprobe.evaluation.api import require_loaded_model, warn_truncated
-    from depthprobe.results import RunDir, build_manifest, load_results
-    from depthprobe.tasks import get_task
 
+    ``draft="baseline"`` (default) decodes a generation task's baseline first, verifies its
+    generation under every condition in one teacher-forced tail-only pass and decodes each row
+    only from its first differing token (:mod:`~depthprobe.engine.verify`: exact greedy decoding);
+    ``draft=None`` decodes every token. The results are the same, so the choice is recorded in
+    the manifest but is not part of the run identity. Generation samples carry ``diverge_at`` and
+    ``identical_to_baseline``, and each condition their means (either way).
+    """
     # Validate everything first: nothing is written to out_dir for a command that is refused.
     if not isinstance(model, ModelSpec):
         require_loaded_model(model, "run_sweep")
@@ -250,7 +232,8 @@ def run_sweep(
     t = get_task(task, **task_options) if isinstance(task, str) else task
     if isinstance(model, ModelSpec):  # described, not loaded: the executor's workers load it
         model = model.for_executor(executor)
-    dims = model.dims() if isinstance(model, ModelSpec) else model_dims(model)
+    resolved_model = resolved(model)  # dimensions, identity and adapter, read once for the whole sweep
+    dims = resolved_model.dims
     if isinstance(conditions_or_grid, str):
         reference = MeanReference.for_task(t.name, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir,
                                            **task_options) if t.scorer == "depthprobe" else None
@@ -262,6 +245,8 @@ def run_sweep(
         validate(dims, cond)
     if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
         raise ValueError(f"max_rows must be a positive integer or None, got {max_rows!r}")
+    if draft not in ("baseline", None):
+        raise ValueError(f"draft must be 'baseline' or None, got {draft!r}")
     if max_gen_toks is not None and (isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int)
                                      or max_gen_toks < 1):
         raise ValueError(f"max_gen_toks must be a positive integer, got {max_gen_toks!r}")
@@ -270,24 +255,23 @@ def run_sweep(
     shots = t.default_num_fewshot if num_fewshot is None else num_fewshot
     protocol = "loglikelihood" if t.output_type == "multiple_choice" else "generate_until"
     manifest = build_manifest(
-        model, task=t.name, protocol=protocol, num_fewshot=shots, seed=task_options.get("seed"), limit=limit,
+        resolved_model, task=t.name, protocol=protocol, num_fewshot=shots, seed=task_options.get("seed"), limit=limit,
         task_options={**task_options, **chat_options},
         max_gen_toks=max_gen_toks if protocol == "generate_until" else None,
         data={"files": dict(sorted(files_read.items())), "documents": _documents_digest(instances)},
         data_dir=None if data_dir is None else str(Path(data_dir).expanduser().resolve()),
-        attn_implementation=_attn_implementation(model, protocol, hook_free, attn_implementation),
+        attn_implementation=_attn_implementation(resolved_model, protocol, hook_free, attn_implementation),
+        draft=draft if protocol == "generate_until" else None,  # recorded, not identity: results are the same
     )
     run_dir = RunDir(out_dir, manifest)
     spec = SweepSpec(task if isinstance(task, str) else t, tuple(sorted(task_options.items())), limit, num_fewshot,
                      batch_size, None if data_dir is None else str(data_dir), max_gen_toks,
-                     tuple(chat_options.items()), hook_free, attn_implementation, max_rows)
+                     tuple(chat_options.items()), hook_free, attn_implementation, max_rows, draft)
     extras: dict[str, dict[str, Any]] | None = None
     ran: list[str] = []
     with run_dir.writing():
         if prescreen is not None:  # under the lock: prescreen.json belongs to this run directory's one writer
-            from depthprobe.attribution import screen_conditions
-
-            conditions, extras = screen_conditions(model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
+            conditions, extras = screen_conditions(resolved_model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
                                                    num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
             conditions = _with_baseline(conditions)
         todo = [c for c in conditions if not _done(run_dir, c)]
@@ -307,10 +291,13 @@ def run_sweep(
             bar.set_postfix_str(rate.add(result.samples), refresh=False)
             bar.update(1)
 
+        run_model: Any = model
         if isinstance(model, ModelSpec) and units and isinstance(executor, InProcessExecutor):
-            model = model.load()  # described for the manifest; run here, so load it here
+            run_model = model = model.load()  # described for the manifest; run here, so load it here
+        elif isinstance(executor, InProcessExecutor):
+            run_model = resolved_model  # in this process the engines receive what was resolved
         try:
-            executor.run(model, spec, units, on_result)
+            executor.run(run_model, spec, units, on_result)
         finally:
             bar.close()
     df = load_results(out_dir)
@@ -318,8 +305,6 @@ def run_sweep(
     if "n_truncated" in df.columns and df["n_truncated"].notna().any():
         warn_truncated(t.name, int(df["n_truncated"].max()), len(instances), model, stacklevel=2)
     if prescreen is not None:
-        from depthprobe.attribution import prescreen_report
-
         report = prescreen_report(df, prescreen, t.metric_names if protocol == "loglikelihood" else
                                   [f"exact_match,{f.name}" for f in t.generation.filters])
         df.attrs["prescreen"] = report

@@ -11,6 +11,7 @@ Any other lm-eval task is available as ``"lm_eval:<name>"`` (lm-eval's own defin
 import difflib
 from typing import Any
 
+from depthprobe.interventions.mean import MeanReference, register_reference_resolver
 from depthprobe.tasks.base import AnswerFilter, GenerationConfig, Instance, Task
 from depthprobe.tasks.gsm8k import GSM8K, GSM8KCoT
 from depthprobe.tasks.hellaswag import HellaSwag
@@ -59,12 +60,22 @@ def get_task(name: str | Task, **options: Any) -> Task:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown task {name!r}; {hint}valid: {', '.join(list_tasks())}, or lm_eval:<any lm-eval task>")
+        raise ValueError(f"unknown task {name!r}; {hint}valid: {', '.join(list_tasks())}, "
+                         "or lm_eval:<any lm-eval task>")
     try:
         return _REGISTRY[name](**options)
     except TypeError as err:
         raise ValueError(f"bad options for task {name!r}: {err}") from None
 
+
+def reference_prompts(reference: MeanReference) -> list[str]:
+    """The prompts of a mean reference's task: the documents ``evaluate`` would score (mean ablation's texts)."""
+    task = get_task(str(reference.task), **dict(reference.options))
+    return [i.prompt for i in task.instances(limit=reference.limit, num_fewshot=reference.num_fewshot,
+                                             data_dir=reference.data_dir)]
+
+
+register_reference_resolver(reference_prompts)
 
 for _cls in (MMLU, MMLUContinuation, MMLUGenerative, HellaSwag, MathQA, OpenBookQA, OpenBookQAOpen,
              KVRetrieval, GSM8K, GSM8KCoT, OrganismKnowledge, OrganismClosedBook, OrganismClosedBookGenerative,

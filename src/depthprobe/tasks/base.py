@@ -7,10 +7,12 @@ example as ``text + target_delimiter + answer + fewshot_delimiter``, then the do
 
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from depthprobe.data import DataFormatError, DatasetRef, Record, load_split, record_source
+from depthprobe.evaluation.filters import regex_extract
 
 __all__ = ["AnswerFilter", "GenerationConfig", "Instance", "Task"]
 
@@ -50,8 +52,6 @@ class AnswerFilter:
 
     def apply(self, text: str) -> str:
         """The extracted answer for one generation, as lm-eval's filters compute it."""
-        from depthprobe.filters import regex_extract
-
         out = text
         for step in self.steps:
             kind = step[0]
@@ -230,7 +230,8 @@ class Task:
                 choices = tuple(self._read(self.doc_to_choice, doc, "document", i))
                 if len(choices) < 2:
                     raise ValueError(
-                        f"task {self.name!r} document {i} has {len(choices)} choice(s); multiple choice needs at least 2"
+                        f"task {self.name!r} document {i} has {len(choices)} choice(s); "
+                        "multiple choice needs at least 2"
                     )
                 if not (isinstance(target, int) and 0 <= target < len(choices)):
                     raise ValueError(f"task {self.name!r} document {i}: target {target!r} is not a choice index")

@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from depthprobe.evaluation.result import EvalResult
+from depthprobe.lm_eval_backend import lm_eval_model
 from depthprobe.tasks.base import Instance, Task, check_counts
 
 __all__ = ["LM_EVAL_PREFIX", "LmEvalTask"]
@@ -97,12 +99,9 @@ class LmEvalTask(Task):
         metric = self.metric_names[0] if self.metric_names else "acc"
         return metric if filters[0] == "none" else f"{metric},{filters[0]}"
 
-    def run(self, model: Any, *, limit: int | None, num_fewshot: int | None, batch_size: int) -> Any:
+    def run(self, model: Any, *, limit: int | None, num_fewshot: int | None, batch_size: int) -> EvalResult:
         """lm-eval's evaluator on ``model`` (its active hooks apply): an ``EvalResult``."""
         import lm_eval
-
-        from depthprobe.evaluation.api import EvalResult
-        from depthprobe.lm_eval_backend import lm_eval_model
 
         out = lm_eval.simple_evaluate(
             model=lm_eval_model(model, batch_size=batch_size), tasks=[self.lm_eval_name],
@@ -118,7 +117,8 @@ class LmEvalTask(Task):
 
 
 def _metrics(results: dict[str, Any]) -> dict[str, float]:
-    """lm-eval's ``acc,none`` / ``exact_match,strict-match`` keys as depthprobe names (``acc``, ``exact_match,strict-match``)."""
+    """lm-eval's ``acc,none`` / ``exact_match,strict-match`` keys as depthprobe names
+    (``acc``, ``exact_match,strict-match``)."""
     out: dict[str, float] = {}
     for key, value in results.items():
         if "," not in key or isinstance(value, str):

@@ -1,4 +1,5 @@
-"""MMLU in lm-eval's three formats: letters (``mmlu``), answer texts (``mmlu_continuation``), generation (``mmlu_generative``).
+"""MMLU in lm-eval's three formats: letters (``mmlu``), answer texts (``mmlu_continuation``),
+generation (``mmlu_generative``).
 
 Documents come from the ``all`` configuration of ``cais/mmlu`` (one record per question with
 its ``subject``); lm-eval runs one task per subject, so the description and the ``first_n``
@@ -8,7 +9,8 @@ few-shot examples (from the ``dev`` split) are per subject, exactly as there.
 
 import difflib
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from depthprobe.data import DatasetRef, load_split
 from depthprobe.tasks.base import AnswerFilter, GenerationConfig, Task

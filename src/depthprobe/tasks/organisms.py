@@ -10,19 +10,15 @@
 """
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+from depthprobe.organisms import data
 from depthprobe.tasks.base import AnswerFilter, GenerationConfig, Task
 from depthprobe.tasks.gsm8k import GSM8KCoT
 
 __all__ = ["OrganismClosedBook", "OrganismClosedBookGenerative", "OrganismKnowledge", "OrganismOpenBook",
            "OrganismReasoning", "OrganismRetrieval"]
-
-
-def _data() -> Any:
-    from depthprobe.organisms import data
-
-    return data
 
 
 class _SyntheticChoice(Task):
@@ -47,7 +43,7 @@ class OrganismKnowledge(_SyntheticChoice):
         self.seed = seed
 
     def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
-        return _data().knowledge_docs(self.seed)
+        return data.knowledge_docs(self.seed)
 
 
 class OrganismClosedBook(_SyntheticChoice):
@@ -59,7 +55,7 @@ class OrganismClosedBook(_SyntheticChoice):
         self.seed = seed
 
     def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
-        return _data().closedbook_docs(self.seed)
+        return data.closedbook_docs(self.seed)
 
 
 class OrganismClosedBookGenerative(Task):
@@ -79,7 +75,7 @@ class OrganismClosedBookGenerative(Task):
         self.seed = seed
 
     def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
-        return _data().closedbook_docs(self.seed)
+        return data.closedbook_docs(self.seed)
 
     def doc_to_text(self, doc: dict[str, Any]) -> str:
         return doc["context"]
@@ -97,7 +93,7 @@ class OrganismOpenBook(_SyntheticChoice):
         self.n_examples, self.seed = n_examples, seed
 
     def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
-        return _data().openbook_docs(self.n_examples, self.seed)
+        return data.openbook_docs(self.n_examples, self.seed)
 
 
 class OrganismRetrieval(_SyntheticChoice):
@@ -108,10 +104,10 @@ class OrganismRetrieval(_SyntheticChoice):
 
     def __init__(self, n_pairs: int = 8, n_examples: int = 200, seed: int = 0) -> None:
         self.n_pairs, self.n_examples, self.seed = n_pairs, n_examples, seed
-        _data().retrieval_docs(1, n_pairs, seed)  # validate the options now
+        data.retrieval_docs(1, n_pairs, seed)  # validate the options now
 
     def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
-        return _data().retrieval_docs(self.n_examples, self.n_pairs, self.seed)
+        return data.retrieval_docs(self.n_examples, self.n_pairs, self.seed)
 
 
 class OrganismReasoning(Task):
@@ -133,7 +129,7 @@ class OrganismReasoning(Task):
         self.n_examples, self.seed = n_examples, seed
 
     def test_docs(self, data_dir: str | os.PathLike[str] | None) -> list:
-        return _data().reasoning_docs(self.n_examples, self.seed)
+        return data.reasoning_docs(self.n_examples, self.seed)
 
     def doc_to_text(self, doc: dict[str, Any]) -> str:
         return f"Q: {doc['question']}\nA:"
@@ -145,4 +141,4 @@ class OrganismReasoning(Task):
         return doc["cot"]
 
     def fewshot_pool(self, doc: dict[str, Any], data_dir: str | os.PathLike[str] | None) -> Sequence:
-        return _data().reasoning_fewshot(8)
+        return data.reasoning_fewshot(8)

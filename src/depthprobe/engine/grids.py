@@ -8,6 +8,8 @@ heads or groups come from the intervention types themselves (their declared ``un
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +23,8 @@ from depthprobe.models import ModelDims, model_dims
 __all__ = [
     "BASELINE",
     "Condition",
+    "condition_digest",
+    "condition_info",
     "block_grid",
     "condition_from_id",
     "condition_id",
@@ -150,3 +154,27 @@ def unique_ids(conditions: Sequence[Condition]) -> list[str]:
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"duplicate conditions: {', '.join(dup)}; each condition must be unique")
     return ids
+
+
+def condition_info(condition: Condition) -> dict[str, Any]:
+    """What plots and tables need to place a condition: kind, first/last layer, head or group index."""
+    if not len(condition):
+        return {"kind": BASELINE, "layer": None, "layer_max": None, "index": None, "n_interventions": 0,
+                "interventions": [], "condition_digest": condition_digest(condition)}
+    kinds = sorted({iv.kind for iv in condition})
+    layers = [iv.layer for iv in condition]
+    return {
+        "kind": "+".join(kinds),
+        "layer": min(layers),
+        "layer_max": max(layers),
+        "index": condition[0].index if len(condition) == 1 else None,
+        "n_interventions": len(condition),
+        "interventions": [iv.id for iv in condition],
+        "condition_digest": condition_digest(condition),
+    }
+
+
+def condition_digest(condition: Condition) -> str:
+    """SHA-256 of the condition as data (every intervention's ``to_dict``): ids alone do not name an o_proj source."""
+    data = [iv.to_dict() for iv in condition]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()

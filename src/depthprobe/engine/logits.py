@@ -20,8 +20,9 @@ from torch import Tensor
 
 from depthprobe import adapter
 from depthprobe.interventions import bind_all, order_hooks, validate
-from depthprobe.models import model_dims
-from depthprobe.sweep.grids import BASELINE, Condition, condition_id, unique_ids
+from depthprobe.evaluation.loglikelihood import DocScores, encode_pair
+from depthprobe.identity import ResolvedModel, resolved
+from depthprobe.engine.grids import BASELINE, Condition, condition_id, unique_ids
 from depthprobe.types import TokenMask, Tokens
 
 __all__ = ["condition_logits", "iter_condition_logits", "plan_tails", "score_conditions"]
@@ -78,7 +79,7 @@ def _chunks(conditions: Sequence[Condition], members: list[int], size: int) -> l
 
 
 def iter_condition_logits(
-    model: torch.nn.Module,
+    model: torch.nn.Module | ResolvedModel,
     input_ids: Tokens,
     attention_mask: TokenMask | None,
     conditions: Sequence[Condition],
@@ -92,7 +93,7 @@ def iter_condition_logits(
     The baseline's logits are yielded first (as ``"baseline"``) when it is among the conditions.
     Conditions come out grouped by tail, not in input order.
     """
-    dims = model_dims(model)
+    model, dims = resolved(model).model, resolved(model).dims
     for cond in conditions:
         validate(dims, list(cond))
     if max_rows is not None and max_rows < input_ids.shape[0]:
@@ -140,7 +141,7 @@ def _iter_condition_logits(model, input_ids, attention_mask, conditions, dims, m
 
 
 def condition_logits(
-    model: torch.nn.Module,
+    model: torch.nn.Module | ResolvedModel,
     input_ids: Tokens,
     attention_mask: TokenMask | None,
     conditions: Sequence[Condition],
@@ -154,7 +155,7 @@ def condition_logits(
 
 
 def score_conditions(
-    model: torch.nn.Module,
+    model: torch.nn.Module | ResolvedModel,
     requests: Sequence[tuple[str, Sequence[str]]],
     conditions: Sequence[Condition],
     *,
@@ -169,10 +170,10 @@ def score_conditions(
     window ``(ctx+cont)[-(max_len+1):][:-1]``, right-padded with id 0 and no mask; identical
     windows share a row. Each batch of windows runs the baseline once for all conditions.
     """
-    from depthprobe.evaluation.loglikelihood import DocScores, encode_pair
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    resolved_model = resolved(model)
+    model = resolved_model.model
     tokenizer = model.tokenizer
     max_len = adapter.max_context_length(model, tokenizer)
     device = next(model.parameters()).device
@@ -205,7 +206,7 @@ def score_conditions(
         tokens = torch.zeros((len(batch), width), dtype=torch.long, device=device)
         for b, r in enumerate(batch):
             tokens[b, : len(rows[r])] = torch.tensor(rows[r], dtype=torch.long, device=device)
-        for cid, logits in iter_condition_logits(model, tokens, None, conditions, max_rows=max_rows):
+        for cid, logits in iter_condition_logits(resolved_model, tokens, None, conditions, max_rows=max_rows):
             logprobs = torch.log_softmax(logits, dim=-1)
             for b, r in enumerate(batch):
                 for i, j, n, cont in by_row[r]:

@@ -1,6 +1,6 @@
 """The multiple-choice engine with both savings: the unablated prefix once per batch, each context once per condition.
 
-:func:`~depthprobe.sweep.engine.score_conditions` scores one window per choice (context and
+:func:`~depthprobe.engine.logits.score_conditions` scores one window per choice (context and
 choice together), so every condition recomputes each context once per choice; the
 per-condition evaluator (:mod:`depthprobe.evaluation.loglikelihood`) computes each context once
 and scores the choices on top of its KV cache, but recomputes the unablated layers per
@@ -18,7 +18,7 @@ condition. :func:`score_conditions_reuse` does both, per batch of documents:
 
 Batching, row sharing and summation order are the evaluator's, so scores equal one
 ``evaluate`` per condition under ``ablate`` (float32 rounding of different batch shapes aside).
-Documents truncated to the model context take :func:`~depthprobe.sweep.engine.score_conditions`.
+Documents truncated to the model context take :func:`~depthprobe.engine.logits.score_conditions`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from transformers import DynamicCache
 
 from depthprobe import adapter
 from depthprobe.interventions import bind_all, order_hooks, validate
-from depthprobe.models import model_dims
-from depthprobe.sweep.engine import _chunks, _row_hook, plan_tails, score_conditions
-from depthprobe.sweep.grids import Condition, condition_id, unique_ids
+from depthprobe.evaluation.loglikelihood import DocScores, _length_batches, _pad_right, encode_pair
+from depthprobe.identity import ResolvedModel, resolved
+from depthprobe.engine.logits import _chunks, _row_hook, plan_tails, score_conditions
+from depthprobe.engine.grids import Condition, unique_ids
 
 __all__ = ["score_conditions_reuse"]
 
@@ -72,7 +73,7 @@ def _fill(cache: DynamicCache, base: DynamicCache, repeat: int) -> DynamicCache:
 
 
 def score_conditions_reuse(
-    model: torch.nn.Module,
+    model: torch.nn.Module | ResolvedModel,
     requests: Sequence[tuple[str, Sequence[str]]],
     conditions: Sequence[Condition],
     *,
@@ -81,17 +82,15 @@ def score_conditions_reuse(
 ) -> dict[str, list[Any]]:
     """Multiple-choice log-likelihoods of every request under every condition: ``{condition id: [DocScores]}``.
 
-    Same contract as :func:`~depthprobe.sweep.engine.score_conditions` (lm-eval's tokenization and
+    Same contract as :func:`~depthprobe.engine.logits.score_conditions` (lm-eval's tokenization and
     scores), computed as the evaluator computes them (each context once, its choices on its KV
     cache) and reusing the unablated prefix across conditions. ``max_rows`` bounds the rows of
     one forward (conditions x documents).
     """
-    from depthprobe.evaluation.loglikelihood import DocScores, _length_batches, _pad_right, encode_pair
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = unique_ids(conditions)
-    dims = model_dims(model)
+    model, dims = resolved(model).model, resolved(model).dims
     for cond in conditions:
         validate(dims, list(cond))
     tokenizer = model.tokenizer

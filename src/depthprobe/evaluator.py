@@ -1,20 +1,28 @@
-"""``evaluate``: run one task on a model (with whatever interventions are active) and return per-sample results."""
+"""``evaluate``: run one task on a model (with whatever interventions are active) and return per-sample results.
+
+The evaluator sits above the tasks (it looks them up by name) and below the sweep, whose engines
+report through its seams (:func:`choice_result`, :func:`generation_result`). The low-level
+pieces it composes (scoring, decoding, filters, metrics, ``EvalResult``) live in
+:mod:`depthprobe.evaluation`.
+"""
 
 
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from depthprobe.evaluation.chat import generate_chat
+from depthprobe.evaluation.generation import generate_until
 from depthprobe.evaluation.loglikelihood import model_max_length, score_choices
 from depthprobe.evaluation.metrics import choice_predictions, exact_match, mean_stderr
+from depthprobe.evaluation.result import EvalResult
 from depthprobe.tasks import Task, get_task
 
 __all__ = ["EvalResult", "TruncationWarning", "choice_result", "evaluate", "generation_result", "require_loaded_model",
-           "shared_prefix"]
+           "shared_prefix", "warn_truncated"]
 
 
 class TruncationWarning(UserWarning):
@@ -36,25 +44,6 @@ def require_loaded_model(model: Any, what: str) -> None:
         kind = f"{type(model).__module__}.{type(model).__qualname__}"
         raise TypeError(f"{what} needs a model from depthprobe.load_model (a TransformerBridge with its tokenizer), "
                         f"got a {kind}; pass dp.load_model('<model directory or hub id>') instead")
-
-
-@dataclass
-class EvalResult:
-    """Aggregated ``metrics`` (lm-eval names, each with ``<name>_stderr``) and one ``samples`` row per document.
-
-    ``stats`` records the work done: documents, requests, forwards, token positions computed,
-    left-truncated requests, generations that hit ``max_gen_toks``, wall time.
-    """
-
-    task: str
-    metrics: dict[str, float]
-    samples: pd.DataFrame
-    config: dict[str, Any] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items() if "_stderr" not in k)
-        return f"EvalResult(task={self.task!r}, n={len(self.samples)}, {shown})"
 
 
 def evaluate(
@@ -86,7 +75,8 @@ def evaluate(
     ``depthprobe.evaluation.fast_decode.decoder_for(condition)`` runs a condition hook-free).
     """
     if (chat or enable_thinking is not None) and get_task(task, **task_options).output_type != "generate_until":
-        raise ValueError("chat=/enable_thinking= apply to generation tasks only; log-likelihood tasks score plain prompts")
+        raise ValueError("chat=/enable_thinking= apply to generation tasks only; "
+                         "log-likelihood tasks score plain prompts")
     if enable_thinking is not None and not chat:
         raise ValueError("enable_thinking needs chat=True (it is a switch of the chat template)")
     require_loaded_model(model, "evaluate")
@@ -165,7 +155,8 @@ def choice_result(task: Task, instances, scores, config: dict[str, Any], stats: 
             }
         )
     samples = pd.DataFrame(rows)
-    metrics = _aggregate(samples, {"acc": "correct", "acc_norm": "correct_norm", "acc_token_norm": "correct_token_norm"})
+    columns = {"acc": "correct", "acc_norm": "correct_norm", "acc_token_norm": "correct_token_norm"}
+    metrics = _aggregate(samples, columns)
     return EvalResult(task.name, metrics, samples, config, dict(stats))
 
 
@@ -181,21 +172,12 @@ def shared_prefix(prompts: list[str], delimiter: str) -> str:
 def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_toks: int | None, config,
                          *, chat: bool = False, enable_thinking: bool | None = None,
                          decoder: Any = None) -> EvalResult:
-    try:
-        from depthprobe.evaluation.generation import generate_until
-    except ImportError as err:
-        raise NotImplementedError(
-            f"task {task.name!r} needs greedy generation (depthprobe.generation.generate_until), "
-            f"which is not available in this installation ({err})"
-        ) from None
     gen = task.generation
     assert gen is not None
     budget = gen.max_gen_toks if max_gen_toks is None else max_gen_toks
     config["max_gen_toks"] = budget
     prompts = [i.prompt for i in instances]
     if chat:
-        from depthprobe.chat import generate_chat
-
         prefix = ""
         outputs = generate_chat(model, prompts, until=list(gen.until), enable_thinking=enable_thinking,
                                 max_gen_toks=budget, batch_size=batch_size, decoder=decoder)
@@ -212,7 +194,7 @@ def generation_result(task: Task, instances, outputs, config: dict[str, Any], pr
     """Per-sample rows and metrics of a generation task from already decoded ``Generation`` values.
 
     The seam that lets a sweep decode many conditions at once
-    (:func:`depthprobe.sweep.generation_engine.generate_conditions`) and still report exactly
+    (:func:`depthprobe.engine.generation.generate_conditions`) and still report exactly
     what ``evaluate`` reports; ``prefix`` is the shared few-shot block that was reused.
     """
     gen = task.generation

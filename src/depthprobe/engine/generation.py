@@ -15,6 +15,7 @@ rounding of a larger batch (tested on the tiny models and the organisms, with ma
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,13 +30,18 @@ from depthprobe.evaluation.stops import StopPolicy
 from depthprobe.interventions import ablate, bind_all, order_hooks, validate
 from depthprobe.interventions.weights import hook_free_allowed
 from depthprobe.models import model_dims
-from depthprobe.sweep.engine import _chunks, _row_hook
-from depthprobe.sweep.grids import Condition, unique_ids
+from depthprobe.engine.logits import _chunks, _row_hook
+from depthprobe.engine.grids import Condition, unique_ids
+from depthprobe.engine.verify import VerifyStats, verify_group
 
-__all__ = ["HookedBlockDecoder", "generate_conditions"]
+__all__ = ["DRAFTS", "HookedBlockDecoder", "generate_conditions"]
 
 #: rows of one decode batch (conditions x documents) unless the caller says otherwise
 DEFAULT_MAX_ROWS = 256
+#: what ``draft=`` may be: verify the baseline's generation, or decode every token (None)
+DRAFTS = ("baseline", None)
+#: prompt-lookup drafted tokens checked per step after a divergence
+LOOKUP_TOKENS = 0
 
 
 class HookedBlockDecoder(HookedDecoder):
@@ -52,15 +58,36 @@ class HookedBlockDecoder(HookedDecoder):
         self.conditions = [list(c) for c in conditions]
         self.bound = [bind_all(model, c) for c in self.conditions]
         self.row_blocks = len(self.conditions)
+        self._per_step: list[tuple[str, Callable[..., Any]]] | None = None
 
     def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
                  policy: StopPolicy, past_key_values: Any = None) -> Decoded:
         b = input_ids.shape[0] // self.row_blocks  # the loop refuses a batch that is not equal blocks
-        hooks = [(name, _row_hook(fn, self._block(j, b)))
-                 for j, bound in enumerate(self.bound) for name, fn in order_hooks(bound)]
-        with model.hooks(fwd_hooks=hooks):
+        with model.hooks(fwd_hooks=self._hooks(b)):
             return super().__call__(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                                     policy=policy, past_key_values=past_key_values)
+
+    @torch.inference_mode()
+    def resume(self, model: Any, rows: Any, **kw: Any) -> Decoded:
+        """:meth:`LoopDecoder.resume` with the hooks installed around each forward only (rows handed over in
+        between are computed by other forwards, which these hooks must not touch)."""
+        self._per_step = self._hooks(0)
+        try:
+            return super().resume(model, rows, **kw)
+        finally:
+            self._per_step = None
+
+    def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        with model.hooks(fwd_hooks=self._per_step) if self._per_step else contextlib.nullcontext():
+            return super().step(model, ids, mask, positions, cache)
+
+    def step_all(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
+        with model.hooks(fwd_hooks=self._per_step) if self._per_step else contextlib.nullcontext():
+            return super().step_all(model, ids, mask, positions, cache)
+
+    def _hooks(self, b: int) -> list[tuple[str, Callable[..., Any]]]:
+        return [(name, _row_hook(fn, self._block(j, b))) for j, bound in enumerate(self.bound)
+                for name, fn in order_hooks(bound)]
 
     def _block(self, j: int, b: int) -> Callable[[], slice | Tensor]:
         """Block ``j``'s rows of the running batch (``b`` rows per block before any row ended)."""
@@ -102,6 +129,10 @@ def generate_conditions(
     max_rows: int | None = DEFAULT_MAX_ROWS,
     hook_free: bool = True,
     attn_implementation: str | None = None,
+    draft: str | None = "baseline",
+    baseline: Sequence[Sequence[int]] | None = None,
+    lookup: int = LOOKUP_TOKENS,
+    stats: VerifyStats | None = None,
 ) -> dict[str, list[Generation]]:
     """``{condition id: [Generation]}``: every prompt under every condition, conditions batched as row blocks.
 
@@ -109,10 +140,21 @@ def generate_conditions(
     prefix=...)`` under each condition (hook-free where ``hook_free`` and the condition allows it,
     else under ``ablate``). ``max_rows`` bounds the rows of one decode batch (conditions x
     documents; None: every condition at once); memory grows with it (each row holds a KV cache).
+
+    ``draft="baseline"`` (default) verifies the baseline's generation under every condition and
+    decodes each row only from its first differing token (:mod:`depthprobe.engine.verify`):
+    ``baseline`` gives the baseline's generated ids per prompt (``Generation.tokens``), else it is
+    decoded here first; ``lookup`` drafted tokens per step are checked after a divergence (0:
+    none). ``draft=None`` decodes every token of every condition. Both give the same generations.
+    ``stats`` (a :class:`~depthprobe.engine.verify.VerifyStats`) collects where the work went.
     """
     ids = unique_ids(conditions)
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
+    if draft not in DRAFTS:
+        raise ValueError(f"draft must be one of {', '.join(map(repr, DRAFTS))}, got {draft!r}")
+    if isinstance(lookup, bool) or not isinstance(lookup, int) or lookup < 0:
+        raise ValueError(f"lookup must be a non-negative integer, got {lookup!r}")
     dims = model_dims(model)
     for cond in conditions:
         validate(dims, list(cond))
@@ -120,13 +162,50 @@ def generate_conditions(
                            prefix=prefix)
     if not plan:
         return {cid: [] for cid in ids}
+    if baseline is not None and (len(baseline) != len(prompts)
+                                 or any(not 0 < len(t) <= max_gen_toks for t in baseline)):
+        raise ValueError(f"baseline must hold 1 to max_gen_toks={max_gen_toks} generated ids for each of the "
+                         f"{len(prompts)} prompts")
     per_forward = len(conditions) if max_rows is None else max(1, max_rows // batch_size)
     results: dict[str, list[Generation]] = {}
-    for group in _groups(conditions, per_forward, hook_free):
-        members = [conditions[i] for i in group]
-        exact = hook_free and hook_free_allowed(members[0])
-        decoder = BlockDecoder(members, attn_implementation=attn_implementation) if exact \
-            else HookedBlockDecoder(model, members)
-        for i, gens in zip(group, plan.run(model, decoder, copies=len(members))):
-            results[ids[i]] = gens
+    todo = list(range(len(conditions)))
+    if draft == "baseline":
+        if baseline is None:  # one condition: as many documents per batch as rows allow
+            base = _decode(model, _wide(model, plan, prompts, max_rows, until=until, max_gen_toks=max_gen_toks,
+                                        prefix=prefix), [[]], [0], hook_free, attn_implementation)[0]
+            baseline = [g.tokens for g in base]
+        else:
+            base = [plan.generation(i, t, plan.policy.is_done(t), plan.requests.prefix_ids is not None
+                                    and i in plan.requests.reuse) for i, t in enumerate(baseline)]
+        todo = [i for i, c in enumerate(conditions) if len(c)]
+        results.update({ids[i]: base for i, c in enumerate(conditions) if not len(c)})
+    for group in _groups([conditions[i] for i in todo], per_forward, hook_free):
+        group = [todo[g] for g in group]
+        if draft is None:
+            gens = _decode(model, plan, conditions, group, hook_free, attn_implementation)
+        else:
+            exact, members = hook_free and hook_free_allowed(conditions[group[0]]), [conditions[i] for i in group]
+            decoder = BlockDecoder(members, attn_implementation=attn_implementation) if exact \
+                else HookedBlockDecoder(model, members)
+            gens = verify_group(model, plan, decoder, baseline, hook_free=exact, attn_implementation=attn_implementation,
+                                lookup=lookup, max_rows=max_rows, stats=stats)
+        results.update({ids[i]: g for i, g in zip(group, gens)})
     return {cid: results[cid] for cid in ids}
+
+
+def _wide(model: Any, plan: Any, prompts: list[str], max_rows: int | None, **kw: Any) -> Any:
+    """``plan`` with ``max_rows`` documents per batch (all of them for None), for decoding one condition alone."""
+    width = len(prompts) if max_rows is None else max_rows
+    if width <= plan.requests.jobs[0][0].__len__():
+        return plan
+    return plan_generation(model, prompts, batch_size=width, **kw)
+
+
+def _decode(model: Any, plan: Any, conditions: Sequence[Condition], group: list[int], hook_free: bool,
+            attn_implementation: str | None) -> list[list[Generation]]:
+    """Every token of the conditions ``group`` decoded as row blocks of each batch: ``[member][request]``."""
+    members = [conditions[i] for i in group]
+    exact = hook_free and hook_free_allowed(members[0])
+    decoder = BlockDecoder(members, attn_implementation=attn_implementation) if exact \
+        else HookedBlockDecoder(model, members)
+    return plan.run(model, decoder, copies=len(members))
