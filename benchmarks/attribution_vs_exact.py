@@ -50,8 +50,9 @@ def top_recall(df: pd.DataFrame, k: int) -> float:
 def engine_cost(model: torch.nn.Module, grid: str) -> float:
     """Forward-equivalents of the exact sweep through the engine: the baseline plus each condition's tail of layers."""
     n = dp.model_dims(model).n_layers
-    return 1.0 + sum((n - min(iv.layer for iv in c) - sum(iv.kind == "skip" for iv in c)) / n
-                     for c in parse_grid(model, grid))
+    return 1.0 + sum(
+        (n - min(iv.layer for iv in c) - sum(iv.kind == "skip" for iv in c)) / n for c in parse_grid(model, grid)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,25 +76,44 @@ def main(argv: list[str] | None = None) -> int:
             t_exact = time.perf_counter() - start
             for method in ("atp", "ig"):
                 start = time.perf_counter()
-                est = attribute(model, task, grid, method=method, steps=args.steps if method == "ig" else None,
-                                limit=args.limit, batch_size=args.batch_size, **options)
+                est = attribute(
+                    model,
+                    task,
+                    grid,
+                    method=method,
+                    steps=args.steps if method == "ig" else None,
+                    limit=args.limit,
+                    batch_size=args.batch_size,
+                    **options,
+                )
                 t_est = time.perf_counter() - start
                 df = est.merge(exact, on=["condition", "n"])
                 big = df.loc[df["exact_abs"].idxmax()]
-                distinguishable = (df["exact"].abs() > 1.96 * df["exact_stderr"])
+                distinguishable = df["exact"].abs() > 1.96 * df["exact_stderr"]
                 wrong_sign = int((distinguishable & (df["exact"] * df["estimate"] < 0)).sum())
-                rows.append({
-                    "model": name, "task": task, "grid": grid, "method": method, "metric": est.attrs["metric"],
-                    "n_cond": len(df), "rho_signed": spearman(df["estimate"], df["exact"]),
-                    "rho_abs": spearman(df["estimate_abs"], df["exact_abs"]),
-                    "top5": top_recall(df, 5) if len(df) >= 10 else float("nan"),
-                    "top10": top_recall(df, 10) if len(df) >= 20 else float("nan"),
-                    "largest": big["condition"], "exact": big["exact"], "estimate": big["estimate"],
-                    "wrong_sign": f"{wrong_sign}/{int(distinguishable.sum())}",
-                    "cost_screen": est.attrs["forward_equivalents"],
-                    "cost_exact": float(len(df) + 1), "cost_engine": engine_cost(model, grid),
-                    "s_screen": t_est, "s_exact": t_exact,
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "task": task,
+                        "grid": grid,
+                        "method": method,
+                        "metric": est.attrs["metric"],
+                        "n_cond": len(df),
+                        "rho_signed": spearman(df["estimate"], df["exact"]),
+                        "rho_abs": spearman(df["estimate_abs"], df["exact_abs"]),
+                        "top5": top_recall(df, 5) if len(df) >= 10 else float("nan"),
+                        "top10": top_recall(df, 10) if len(df) >= 20 else float("nan"),
+                        "largest": big["condition"],
+                        "exact": big["exact"],
+                        "estimate": big["estimate"],
+                        "wrong_sign": f"{wrong_sign}/{int(distinguishable.sum())}",
+                        "cost_screen": est.attrs["forward_equivalents"],
+                        "cost_exact": float(len(df) + 1),
+                        "cost_engine": engine_cost(model, grid),
+                        "s_screen": t_est,
+                        "s_exact": t_exact,
+                    }
+                )
                 print(f"{name} {task} {grid} {method}: done", file=sys.stderr)
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 250)

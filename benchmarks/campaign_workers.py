@@ -44,17 +44,25 @@ def main() -> int:
     torch.set_num_threads(1)
     plan = plan_campaign(args.campaign, root=tmp, limit=args.limit)
     n_conditions = sum(1 + len(dp.sweep.parse_grid(s.model.dims(), s.grid)) for s in plan)
-    print(f"campaign {Path(args.campaign).name}: {len(plan)} sweeps, {n_conditions} conditions, limit {args.limit}, "
-          f"{os.cpu_count()} CPUs on this machine")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, _temp_dir=str(tmp / "ray"),
-             object_store_memory=200 * 1024 * 1024)
+    print(
+        f"campaign {Path(args.campaign).name}: {len(plan)} sweeps, {n_conditions} conditions, limit {args.limit}, "
+        f"{os.cpu_count()} CPUs on this machine"
+    )
+    ray.init(
+        num_cpus=args.cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(tmp / "ray"),
+        object_store_memory=200 * 1024 * 1024,
+    )
     rows, results = [], {}
     configs = ([] if args.no_inprocess else [("in-process", None)]) + [(f"ray x{n}", n) for n in args.workers]
     try:
         for name, n in configs:
             root = tmp / name.replace(" ", "")
-            executor = None if n is None else dp.RayExecutor(num_workers=n, num_gpus_per_worker=0,
-                                                             num_cpus_per_worker=1)
+            executor = (
+                None if n is None else dp.RayExecutor(num_workers=n, num_gpus_per_worker=0, num_cpus_per_worker=1)
+            )
             start = time.perf_counter()
             try:
                 df = run_campaign(args.campaign, executor=executor, root=root, limit=args.limit, progress=False)

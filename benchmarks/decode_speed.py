@@ -61,8 +61,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(tmp, arch="llama", n_layers=args.layers, n_heads=args.heads,
-                               n_kv_heads=args.kv_heads, d_model=args.d_model, seed=0)
+        path = make_tiny_model(
+            tmp,
+            arch="llama",
+            n_layers=args.layers,
+            n_heads=args.heads,
+            n_kv_heads=args.kv_heads,
+            d_model=args.d_model,
+            seed=0,
+        )
         model = dp.load_model(path, dtype=torch.float32, device="cpu")
         hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
     tok = model.tokenizer
@@ -71,15 +78,24 @@ def main() -> None:
     ids, mask = left_pad([tok(q)["input_ids"] for q in prompts], pad)
     n = args.new_tokens
     n_tokens = ids.shape[0] * n
-    print(f"model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads ({args.kv_heads} KV), eager, "
-          f"float32, {torch.get_num_threads()} thread(s); batch {ids.shape[0]} x prompt {ids.shape[1]} "
-          f"+ {n} new tokens")
+    print(
+        f"model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads ({args.kv_heads} KV), eager, "
+        f"float32, {torch.get_num_threads()} thread(s); batch {ids.shape[0]} x prompt {ids.shape[1]} "
+        f"+ {n} new tokens"
+    )
 
     def hf_generate():
         with torch.inference_mode():
-            out = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                              eos_token_id=None, pad_token_id=pad)
-        return out[:, ids.shape[1]:]
+            out = hf.generate(
+                ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                eos_token_id=None,
+                pad_token_id=pad,
+            )
+        return out[:, ids.shape[1] :]
 
     runs = {
         "HF generate": hf_generate,
@@ -99,15 +115,20 @@ def main() -> None:
     for cond in ([dp.zero_head(args.layers - 1, 1)], [dp.skip_layer(args.layers // 2)]):
         with dp.ablate(model, *cond):
             t_hook, ref = timed(lambda: greedy_generate(model, ids, mask, max_new_tokens=n), args.repeats)
-        t_free, got = timed(lambda: greedy_generate(model, ids, mask, max_new_tokens=n,
-                                                    decoder=HookFreeDecoder(cond)), args.repeats)
+        t_free, got = timed(
+            lambda: greedy_generate(model, ids, mask, max_new_tokens=n, decoder=HookFreeDecoder(cond)), args.repeats
+        )
         same = torch.equal(ref, got)
         ok &= same
-        print(f"under {'+'.join(iv.id for iv in cond):10s} hook path {n_tokens / t_hook:8.1f} tokens/s | hook-free "
-              f"{n_tokens / t_free:8.1f} tokens/s | {t_hook / t_free:4.2f}x | tokens {'identical' if same else 'DIFFER'}")
+        print(
+            f"under {'+'.join(iv.id for iv in cond):10s} hook path {n_tokens / t_hook:8.1f} tokens/s | hook-free "
+            f"{n_tokens / t_free:8.1f} tokens/s | {t_hook / t_free:4.2f}x | tokens {'identical' if same else 'DIFFER'}"
+        )
     ratio = times["HF generate"] / times["depthprobe hook-free"]
-    print(f"hook-free / HF throughput {ratio:.2f}x (target >= 0.90x: {'met' if ratio >= 0.9 else 'MISSED'}); "
-          f"tokens {'identical' if ok else 'DIFFER'}")
+    print(
+        f"hook-free / HF throughput {ratio:.2f}x (target >= 0.90x: {'met' if ratio >= 0.9 else 'MISSED'}); "
+        f"tokens {'identical' if ok else 'DIFFER'}"
+    )
     if not ok:
         raise SystemExit("generated tokens differ")
 

@@ -29,9 +29,13 @@ sys.path.insert(0, str(REPO))
 from depthprobe.evaluator import evaluate  # noqa: E402
 from depthprobe.models import load_model  # noqa: E402
 from tests.lm_eval_reference import (  # noqa: E402
-    RefTask, make_task_manager, request_results, run_lm_eval, write_jsonl, write_task_yaml,
+    RefTask,
+    make_task_manager,
+    request_results,
+    run_lm_eval,
+    write_jsonl,
+    write_task_yaml,
 )
-
 
 
 def _subject_file(src: Path, dst: Path, subject: str) -> str:
@@ -43,20 +47,41 @@ def _subject_file(src: Path, dst: Path, subject: str) -> str:
 
 
 def reference_tasks(data_dir: Path, work: Path, subject: str) -> dict[str, tuple[RefTask, dict]]:
-    mmlu = {"test": _subject_file(data_dir / "mmlu/all/test.jsonl", work / "mmlu_test.jsonl", subject),
-            "dev": _subject_file(data_dir / "mmlu/all/dev.jsonl", work / "mmlu_dev.jsonl", subject)}
+    mmlu = {
+        "test": _subject_file(data_dir / "mmlu/all/test.jsonl", work / "mmlu_test.jsonl", subject),
+        "dev": _subject_file(data_dir / "mmlu/all/dev.jsonl", work / "mmlu_dev.jsonl", subject),
+    }
     tasks = {
         "mmlu": (RefTask("bench_mmlu", f"mmlu/default/mmlu_{subject}.yaml", mmlu, {}), {"subjects": subject}),
-        "mmlu_continuation": (RefTask("bench_mmlu_continuation", f"mmlu/continuation/mmlu_{subject}.yaml", mmlu, {}),
-                              {"subjects": subject}),
-        "mathqa": (RefTask("bench_mathqa", "mathqa/mathqa.yaml", {"test": str(data_dir / "mathqa/default/test.jsonl")}, {}), {}),
-        "openbookqa": (RefTask("bench_openbookqa", "openbookqa/openbookqa.yaml",
-                               {"test": str(data_dir / "openbookqa/main/test.jsonl")}, {}), {}),
+        "mmlu_continuation": (
+            RefTask("bench_mmlu_continuation", f"mmlu/continuation/mmlu_{subject}.yaml", mmlu, {}),
+            {"subjects": subject},
+        ),
+        "mathqa": (
+            RefTask("bench_mathqa", "mathqa/mathqa.yaml", {"test": str(data_dir / "mathqa/default/test.jsonl")}, {}),
+            {},
+        ),
+        "openbookqa": (
+            RefTask(
+                "bench_openbookqa",
+                "openbookqa/openbookqa.yaml",
+                {"test": str(data_dir / "openbookqa/main/test.jsonl")},
+                {},
+            ),
+            {},
+        ),
     }
     hs = data_dir / "hellaswag/default/validation.jsonl"
     if hs.is_file():
-        tasks["hellaswag"] = (RefTask("bench_hellaswag", "hellaswag/hellaswag.yaml", {"validation": str(hs)},
-                                      {"validation_split": "validation", "test_split": None}), {})
+        tasks["hellaswag"] = (
+            RefTask(
+                "bench_hellaswag",
+                "hellaswag/hellaswag.yaml",
+                {"validation": str(hs)},
+                {"validation_split": "validation", "test_split": None},
+            ),
+            {},
+        )
     return tasks
 
 
@@ -74,8 +99,11 @@ class ForwardCounter:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=str(REPO.parent / "shared/models/stories260K"),
-                   help='a Hugging Face model directory, or "tiny" for a random tiny Llama (2048-token context)')
+    p.add_argument(
+        "--model",
+        default=str(REPO.parent / "shared/models/stories260K"),
+        help='a Hugging Face model directory, or "tiny" for a random tiny Llama (2048-token context)',
+    )
     p.add_argument("--data-dir", default=str(REPO.parent / "shared/data"))
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
@@ -102,8 +130,10 @@ def main() -> None:
     ref_counter = ForwardCounter(hf.get_input_embeddings())
     our_counter = ForwardCounter(bridge.original_model.get_input_embeddings())
 
-    header = f"{'task':18} {'docs':>4} {'lm-eval s':>9} {'ours s':>7} {'speedup':>7} {'lm fwd':>6} {'our fwd':>7} " \
-             f"{'lm tok-fwd':>10} {'our tok-fwd':>11} {'tok ratio':>9} {'max|Δll|':>9} {'same pred':>9}"
+    header = (
+        f"{'task':18} {'docs':>4} {'lm-eval s':>9} {'ours s':>7} {'speedup':>7} {'lm fwd':>6} {'our fwd':>7} "
+        f"{'lm tok-fwd':>10} {'our tok-fwd':>11} {'tok ratio':>9} {'max|Δll|':>9} {'same pred':>9}"
+    )
     print(f"model {args.model}, limit {args.limit}, batch size {args.batch_size}, threads {torch.get_num_threads()}")
     print(header)
     for name, (spec, options) in tasks.items():
@@ -121,9 +151,11 @@ def main() -> None:
             lls = [ll for ll, _ in request_results(s)]
             diff = max(diff, max(abs(a - b) for a, b in zip(row.loglikelihoods, lls)))
             same &= row.correct == bool(s["acc"])
-        print(f"{name:18} {len(ref):>4} {t_ref:>9.2f} {t_ours:>7.2f} {t_ref / t_ours:>6.2f}x {ref_counter.calls:>6} "
-              f"{our_counter.calls:>7} {ref_counter.tokens:>10} {our_counter.tokens:>11} "
-              f"{ref_counter.tokens / max(our_counter.tokens, 1):>8.2f}x {diff:>9.1e} {str(same):>9}")
+        print(
+            f"{name:18} {len(ref):>4} {t_ref:>9.2f} {t_ours:>7.2f} {t_ref / t_ours:>6.2f}x {ref_counter.calls:>6} "
+            f"{our_counter.calls:>7} {ref_counter.tokens:>10} {our_counter.tokens:>11} "
+            f"{ref_counter.tokens / max(our_counter.tokens, 1):>8.2f}x {diff:>9.1e} {str(same):>9}"
+        )
         if result.stats["n_truncated"]:
             print(f"{'':18} ({result.stats['n_truncated']} requests left-truncated to the model context on both sides)")
     print("speedup and tok ratio: lm-eval / depthprobe (higher is better for depthprobe)")

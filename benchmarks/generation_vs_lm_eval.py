@@ -43,8 +43,14 @@ def main() -> None:
     prefix = os.path.commonprefix(prompts)
     prefix = prefix[: prefix.rfind(task.fewshot_delimiter) + len(task.fewshot_delimiter)] if args.shots else ""
     start = time.perf_counter()
-    ours = generate_until(bridge, [p[len(prefix):] for p in prompts], until=until, max_gen_toks=args.max_gen_toks,
-                          batch_size=args.batch_size, prefix=prefix or None)
+    ours = generate_until(
+        bridge,
+        [p[len(prefix) :] for p in prompts],
+        until=until,
+        max_gen_toks=args.max_gen_toks,
+        batch_size=args.batch_size,
+        prefix=prefix or None,
+    )
     t_ours = time.perf_counter() - start
 
     hf = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="eager").eval()
@@ -57,13 +63,17 @@ def main() -> None:
 
     n_tokens = sum(g.n_tokens for g in ours)
     same = sum(a.text == b for a, b in zip(ours, theirs))
-    print(f"model {args.model}, gsm8k_cot {args.shots}-shot, {len(prompts)} prompts, max_gen_toks {args.max_gen_toks}, "
-          f"batch {args.batch_size}")
+    print(
+        f"model {args.model}, gsm8k_cot {args.shots}-shot, {len(prompts)} prompts, max_gen_toks {args.max_gen_toks}, "
+        f"batch {args.batch_size}"
+    )
     print(f"depthprobe (bridge, prefix cache): {t_ours:7.2f} s  {n_tokens / t_ours:7.1f} generated tok/s")
     print(f"lm-eval HFLM (Hugging Face):       {t_theirs:7.2f} s")
     print(f"wall-time ratio lm-eval / depthprobe: {t_theirs / t_ours:.2f}x")
-    print(f"identical generations: {same}/{len(prompts)}; prefix reused for "
-          f"{sum(g.prefix_reused for g in ours)}/{len(prompts)}")
+    print(
+        f"identical generations: {same}/{len(prompts)}; prefix reused for "
+        f"{sum(g.prefix_reused for g in ours)}/{len(prompts)}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,20 @@ HIDDEN, KV, MLP, VOCAB = 4096, 1024, 14336, 128256
 def shapes(n_layers: int) -> list[tuple[str, tuple[int, ...]]]:
     out = [("embed_tokens.weight", (VOCAB, HIDDEN))]
     for i in range(n_layers):
-        out += [(f"layers.{i}.{name}", shape) for name, shape in [
-            ("q_proj.weight", (HIDDEN, HIDDEN)), ("k_proj.weight", (KV, HIDDEN)), ("v_proj.weight", (KV, HIDDEN)),
-            ("o_proj.weight", (HIDDEN, HIDDEN)), ("gate_proj.weight", (MLP, HIDDEN)), ("up_proj.weight", (MLP, HIDDEN)),
-            ("down_proj.weight", (HIDDEN, MLP)), ("input_layernorm.weight", (HIDDEN,)),
-            ("post_attention_layernorm.weight", (HIDDEN,))]]
+        out += [
+            (f"layers.{i}.{name}", shape)
+            for name, shape in [
+                ("q_proj.weight", (HIDDEN, HIDDEN)),
+                ("k_proj.weight", (KV, HIDDEN)),
+                ("v_proj.weight", (KV, HIDDEN)),
+                ("o_proj.weight", (HIDDEN, HIDDEN)),
+                ("gate_proj.weight", (MLP, HIDDEN)),
+                ("up_proj.weight", (MLP, HIDDEN)),
+                ("down_proj.weight", (HIDDEN, MLP)),
+                ("input_layernorm.weight", (HIDDEN,)),
+                ("post_attention_layernorm.weight", (HIDDEN,)),
+            ]
+        ]
     return out + [("norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
 
 
@@ -58,8 +67,10 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     gen = torch.Generator(device).manual_seed(0)
-    params = [(name, torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype))
-              for name, shape in shapes(args.layers)]
+    params = [
+        (name, torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(dtype))
+        for name, shape in shapes(args.layers)
+    ]
     n = sum(p.numel() for _, p in params)
 
     def read() -> None:
@@ -73,11 +84,15 @@ def main() -> None:
             torch.dot(r, p.reshape(-1).float()).item()
 
     floor = best(read, device, args.repeats)
-    print(f"{n / 1e9:.2f}B {str(dtype).replace('torch.', '')} parameters in {len(params)} tensors on "
-          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} ({args.layers} layers)")
+    print(
+        f"{n / 1e9:.2f}B {str(dtype).replace('torch.', '')} parameters in {len(params)} tensors on "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} ({args.layers} layers)"
+    )
     print(f"  read every parameter once      {floor * 1e3:9.1f} ms   1.00x")
-    for label, fn in [("parameters_fingerprint (exact)", lambda: parameters_fingerprint(params)),
-                      ("float32 random projection", float_projection)]:
+    for label, fn in [
+        ("parameters_fingerprint (exact)", lambda: parameters_fingerprint(params)),
+        ("float32 random projection", float_projection),
+    ]:
         t = best(fn, device, args.repeats)
         print(f"  {label:30s} {t * 1e3:9.1f} ms   {t / floor:.2f}x")
 

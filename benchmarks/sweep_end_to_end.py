@@ -40,12 +40,21 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(Path(tmp) / "m", arch="llama", n_layers=args.layers, n_heads=args.heads,
-                               n_kv_heads=args.kv_heads, d_model=args.d_model, seed=0)
+        path = make_tiny_model(
+            Path(tmp) / "m",
+            arch="llama",
+            n_layers=args.layers,
+            n_heads=args.heads,
+            n_kv_heads=args.kv_heads,
+            d_model=args.d_model,
+            seed=0,
+        )
         model = dp.load_model(path, dtype=torch.float32, device="cpu")
         L = args.layers
-        print(f"{args.task}: {args.limit} documents, batch {args.batch_size}; model {L} layers, d_model "
-              f"{args.d_model}, {args.heads} heads ({args.kv_heads} KV), {torch.get_num_threads()} thread(s)")
+        print(
+            f"{args.task}: {args.limit} documents, batch {args.batch_size}; model {L} layers, d_model "
+            f"{args.d_model}, {args.heads} heads ({args.kv_heads} KV), {torch.get_num_threads()} thread(s)"
+        )
         common = dict(limit=args.limit, batch_size=args.batch_size, data_dir=args.data_dir)
         dp.evaluate(model, args.task, **{**common, "limit": 4})  # warm-up (data, tokenizer)
         ok = True
@@ -69,13 +78,17 @@ def main() -> None:
                 got = samples[samples["condition"] == cid].sort_values("doc_id")
                 ref = ref.sort_values("doc_id")
                 same &= list(got["prediction"]) == list(ref["prediction"])
-                diff = max(diff, max(abs(a - b) for x, y in zip(got["loglikelihoods"], ref["loglikelihoods"])
-                                     for a, b in zip(x, y)))
+                diff = max(
+                    diff,
+                    max(abs(a - b) for x, y in zip(got["loglikelihoods"], ref["loglikelihoods"]) for a, b in zip(x, y)),
+                )
             ok &= same and diff <= 1e-5
             ratio = t_naive / t_engine
-            print(f"{name}: {len(conditions)} conditions | evaluate per condition {t_naive:.2f} s | run_sweep "
-                  f"{t_engine:.2f} s | {ratio:.2f}x (target {target}x: {'met' if ratio >= target else 'MISSED'}) | "
-                  f"predictions {'identical' if same else 'DIFFER'}, max |ll diff| {diff:.1e}")
+            print(
+                f"{name}: {len(conditions)} conditions | evaluate per condition {t_naive:.2f} s | run_sweep "
+                f"{t_engine:.2f} s | {ratio:.2f}x (target {target}x: {'met' if ratio >= target else 'MISSED'}) | "
+                f"predictions {'identical' if same else 'DIFFER'}, max |ll diff| {diff:.1e}"
+            )
         if not ok:
             raise SystemExit("run_sweep differs from evaluate per condition")
 

@@ -93,14 +93,23 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(tmp, arch="llama", n_layers=args.layers, n_heads=args.heads,
-                               n_kv_heads=args.kv_heads, d_model=args.d_model, seed=0)
+        path = make_tiny_model(
+            tmp,
+            arch="llama",
+            n_layers=args.layers,
+            n_heads=args.heads,
+            n_kv_heads=args.kv_heads,
+            d_model=args.d_model,
+            seed=0,
+        )
         model = dp.load_model(path, dtype=torch.float32, device="cpu")
     dims = dp.model_dims(model)
     input_ids, mask, cont = mc_batch(model.tokenizer)
     L, H = dims.n_layers, dims.n_heads
-    print(f"model: {L} layers, d_model {dims.d_model}, {H} heads ({dims.n_kv_heads} KV), "
-          f"batch {tuple(input_ids.shape)} (contexts x choices), {torch.get_num_threads()} thread(s)")
+    print(
+        f"model: {L} layers, d_model {dims.d_model}, {H} heads ({dims.n_kv_heads} KV), "
+        f"batch {tuple(input_ids.shape)} (contexts x choices), {torch.get_num_threads()} thread(s)"
+    )
     sweeps = {
         "layer-skip sweep": ([[]] + layer_grid(model), (L + 1) * L / (L + L * (L - 1) / 2), 1.6),
         f"head sweep, layer {L - 1}": ([[]] + head_grid(model, L - 1), (H + 1) * L / (L + H), 4.0),
@@ -116,10 +125,12 @@ def main() -> None:
         diff = max((ref[k] - got[k]).abs().max().item() for k in ref)
         ratio = t_naive / t_engine
         ok &= diff <= 1e-5
-        print(f"{name}: {len(conditions)} conditions | naive {t_naive:.3f} s | engine {t_engine:.3f} s | "
-              f"speed-up {ratio:.2f}x | bound {bound:.2f}x | share of bound {ratio / bound:.0%} | "
-              f"target {target:.1f}x {'met' if ratio >= target else 'MISSED'} | "
-              f"max |score diff| {diff:.2e} {'ok' if diff <= 1e-5 else 'MISMATCH'}")
+        print(
+            f"{name}: {len(conditions)} conditions | naive {t_naive:.3f} s | engine {t_engine:.3f} s | "
+            f"speed-up {ratio:.2f}x | bound {bound:.2f}x | share of bound {ratio / bound:.0%} | "
+            f"target {target:.1f}x {'met' if ratio >= target else 'MISSED'} | "
+            f"max |score diff| {diff:.2e} {'ok' if diff <= 1e-5 else 'MISMATCH'}"
+        )
     if not ok:
         raise SystemExit("engine results differ from the naive computation")
 

@@ -24,8 +24,10 @@ torch.set_num_threads(THREADS)
 
 def pytest_report_header(config: pytest.Config) -> str:
     """Say which CPU kernel set and thread count the numbers were computed with (tests/tolerance.py)."""
-    return (f"torch {torch.__version__}: CPU kernels {torch.backends.cpu.get_cpu_capability()} "
-            f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'native')}), {THREADS} thread(s)")
+    return (
+        f"torch {torch.__version__}: CPU kernels {torch.backends.cpu.get_cpu_capability()} "
+        f"(ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'native')}), {THREADS} thread(s)"
+    )
 
 
 # The weight-digest cache (depthprobe.hashing) goes to a temporary folder, never the user's ~/.cache;
@@ -60,8 +62,9 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session", params=["llama", "qwen3", "stories260K"])
 def model_dir(request: pytest.FixtureRequest) -> Path:
     """Each model every intervention is proven on: tiny random Llama, tiny random Qwen3, real stories260K."""
-    return request.getfixturevalue({"llama": "tiny_llama_dir", "qwen3": "tiny_qwen3_dir",
-                                    "stories260K": "stories_dir"}[request.param])
+    return request.getfixturevalue(
+        {"llama": "tiny_llama_dir", "qwen3": "tiny_qwen3_dir", "stories260K": "stories_dir"}[request.param]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +80,23 @@ def ray_cluster():
 
     saved = dict(os.environ)
     tmp = tempfile.mkdtemp(prefix="dpray", dir="/tmp")
-    os.environ.update({
-        "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": tmp, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *filter(None, [saved.get("PYTHONPATH")])]),
-    })
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 1024 * 1024, _temp_dir=tmp)
+    os.environ.update(
+        {
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_TMPDIR": tmp,
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *filter(None, [saved.get("PYTHONPATH")])]),
+        }
+    )
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 1024 * 1024,
+        _temp_dir=tmp,
+    )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -71,8 +72,13 @@ def run_lm_eval(hf_model, tokenizer, task_names: list[str], task_manager, *, lim
 
     lm = HFLM(pretrained=hf_model, tokenizer=tokenizer, batch_size=batch_size)
     out = simple_evaluate(
-        model=lm, tasks=task_names, task_manager=task_manager, limit=limit, log_samples=True,
-        bootstrap_iters=0, use_cache=None,
+        model=lm,
+        tasks=task_names,
+        task_manager=task_manager,
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        use_cache=None,
     )
     return {name: sorted(out["samples"][name], key=lambda s: s["doc_id"]) for name in task_names}, out["results"]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 
-@lru_cache(maxsize=None)
+@cache
 def pristine(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """The unedited Hugging Face model of ``path``, loaded once; never edit it (use hf_copy)."""
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=dtype)
@@ -50,7 +50,7 @@ def zero_o_proj_heads(model: PreTrainedModel, layer: int, heads: Iterable[int]) 
     w = layers(model)[layer].self_attn.o_proj.weight
     dh = d_head(model)
     for h in heads:
-        w.data[:, h * dh:(h + 1) * dh] = 0.0
+        w.data[:, h * dh : (h + 1) * dh] = 0.0
     return model
 
 
@@ -60,10 +60,10 @@ def zero_head_weights(model: PreTrainedModel, layer: int, head: int) -> PreTrain
     cfg = model.config
     dh = d_head(model)
     group = head // (cfg.num_attention_heads // cfg.num_key_value_heads)
-    attn.q_proj.weight.data[head * dh:(head + 1) * dh] = 0.0
-    attn.k_proj.weight.data[group * dh:(group + 1) * dh] = 0.0
-    attn.v_proj.weight.data[group * dh:(group + 1) * dh] = 0.0
-    attn.o_proj.weight.data[:, head * dh:(head + 1) * dh] = 0.0
+    attn.q_proj.weight.data[head * dh : (head + 1) * dh] = 0.0
+    attn.k_proj.weight.data[group * dh : (group + 1) * dh] = 0.0
+    attn.v_proj.weight.data[group * dh : (group + 1) * dh] = 0.0
+    attn.o_proj.weight.data[:, head * dh : (head + 1) * dh] = 0.0
     return model
 
 

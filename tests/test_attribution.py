@@ -24,7 +24,6 @@ TASK, LIMIT = "organism_knowledge", 3
 EPS = 2e-2
 
 
-
 @pytest.fixture(scope="module")
 def model64(tiny_llama_dir: Path) -> torch.nn.Module:
     """float64, so central differences are accurate to ~1e-8 and the comparison tests the estimate, not rounding."""
@@ -58,8 +57,11 @@ class Scale(Intervention):
         def scale_all(t, hook):
             return t * self.factor
 
-        names = {"z": [f"blocks.{self.layer}.attn.hook_z"], "v": [f"blocks.{self.layer}.attn.hook_v"],
-                 "layer": [f"blocks.{self.layer}.hook_attn_out", f"blocks.{self.layer}.hook_mlp_out"]}[self.what]
+        names = {
+            "z": [f"blocks.{self.layer}.attn.hook_z"],
+            "v": [f"blocks.{self.layer}.attn.hook_v"],
+            "layer": [f"blocks.{self.layer}.hook_attn_out", f"blocks.{self.layer}.hook_mlp_out"],
+        }[self.what]
         fn = scale_all if self.what == "layer" else scale_slices
         return Bound(self, tuple((name, fn) for name in names))
 
@@ -82,8 +84,12 @@ def logit_diffs(model, conditions) -> dict[str, np.ndarray]:
     scores = score_conditions(model, [(i.prompt, i.continuations) for i in instances], conditions, batch_size=4)
     out = {}
     for cid, docs in scores.items():
-        out[cid] = np.array([s.loglikelihoods[i.target] - max(x for j, x in enumerate(s.loglikelihoods) if j != i.target)
-                             for s, i in zip(docs, instances)])
+        out[cid] = np.array(
+            [
+                s.loglikelihoods[i.target] - max(x for j, x in enumerate(s.loglikelihoods) if j != i.target)
+                for s, i in zip(docs, instances)
+            ]
+        )
     return out
 
 
@@ -193,7 +199,9 @@ def test_prescreen_measures_exactly_the_selection_and_recall_comes_from_it(model
     truth = rows.sort_values("exact_abs", ascending=False).index[:3]
     report = df.attrs["prescreen"]
     assert report["recall"] == len(set(truth) & set(top)) / 3
-    truth_acc = rows.assign(a=rows["delta_acc"].abs()).sort_values(["a", "condition"], ascending=[False, True]).index[:3]
+    truth_acc = (
+        rows.assign(a=rows["delta_acc"].abs()).sort_values(["a", "condition"], ascending=[False, True]).index[:3]
+    )
     assert report["recall_acc"] == len(set(truth_acc) & set(top)) / 3
     assert (report["n_measured"], report["n_top"], report["n_random"]) == (5, 3, 2)
     # resuming measures nothing again; other screen settings are refused

@@ -16,15 +16,14 @@ from transformers import DynamicCache
 
 import depthprobe as dp
 from depthprobe import adapter
-from depthprobe.evaluator import shared_prefix
 from depthprobe.evaluation.fast_decode import BlockDecoder, HookFreeDecoder
 from depthprobe.evaluation.generation import generate_until, plan_generation
 from depthprobe.evaluation.tokenize import left_pad
+from depthprobe.evaluator import shared_prefix
 from depthprobe.interventions.weights import RowEdits, edited_model
 from depthprobe.organisms import CHECKPOINTS_DIR
 from depthprobe.sweep import condition_id
 from depthprobe.tasks import get_task
-
 from tests.bridges import bridge
 from tests.tolerance import ForwardShape, assert_logits_close
 
@@ -33,9 +32,18 @@ PROMPTS = ["Q: There are 15 trees in the grove. How many?\nA:", "Once upon a tim
 
 def tiny_conditions(n_layers: int) -> list[list]:
     last = n_layers - 1
-    return [[], [dp.skip_layer(0)], [dp.skip_layer(last)], [dp.zero_head(1, 0)], [dp.zero_head(1, 3)],
-            [dp.zero_kv_group(1, 1)], [dp.skip_attn(last)], [dp.skip_mlp(0)], [dp.zero_head_weights(last, 2)],
-            [dp.skip_layer(1), dp.zero_head(last, 1)]]
+    return [
+        [],
+        [dp.skip_layer(0)],
+        [dp.skip_layer(last)],
+        [dp.zero_head(1, 0)],
+        [dp.zero_head(1, 3)],
+        [dp.zero_kv_group(1, 1)],
+        [dp.skip_attn(last)],
+        [dp.skip_mlp(0)],
+        [dp.zero_head_weights(last, 2)],
+        [dp.skip_layer(1), dp.zero_head(last, 1)],
+    ]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
@@ -51,22 +59,23 @@ def test_row_blocks_equal_each_conditions_weight_edit(arch: str, request: pytest
     edits = RowEdits(model, conds)
     cache = DynamicCache()
     with torch.inference_mode(), edits.applied() as plain:
-        got = plain(input_ids=ids.repeat(k, 1), attention_mask=mask.repeat(k, 1),
-                    **adapter.cache_kwargs(plain, cache)).logits
+        got = plain(
+            input_ids=ids.repeat(k, 1), attention_mask=mask.repeat(k, 1), **adapter.cache_kwargs(plain, cache)
+        ).logits
     baseline = None
     for j, cond in enumerate(conds):
         ref_cache = DynamicCache()
         with torch.inference_mode(), edited_model(model, *cond) as plain:
             ref = plain(input_ids=ids, attention_mask=mask, **adapter.cache_kwargs(plain, ref_cache)).logits
         baseline = ref if baseline is None else baseline
-        block = got[j * b:(j + 1) * b]
+        block = got[j * b : (j + 1) * b]
         assert_logits_close(block, ref, shape, condition_id(cond))
         if cond:
             assert (block - baseline).abs().max() > 1e-3, f"{condition_id(cond)} must change the logits"
         kept = [i for i in range(model.cfg.n_layers) if not any(iv.kind == "skip" and iv.layer == i for iv in cond)]
         for new, old in enumerate(kept):  # the edited model has no cache for a removed layer
-            assert_logits_close(cache.layers[old].keys[j * b:(j + 1) * b], ref_cache.layers[new].keys, shape)
-            assert_logits_close(cache.layers[old].values[j * b:(j + 1) * b], ref_cache.layers[new].values, shape)
+            assert_logits_close(cache.layers[old].keys[j * b : (j + 1) * b], ref_cache.layers[new].keys, shape)
+            assert_logits_close(cache.layers[old].values[j * b : (j + 1) * b], ref_cache.layers[new].values, shape)
 
 
 def test_generations_equal_the_hooks_with_a_shared_prefix() -> None:
@@ -77,10 +86,17 @@ def test_generations_equal_the_hooks_with_a_shared_prefix() -> None:
     prompts = [i.prompt for i in inst]
     prefix = shared_prefix(prompts, "\n\n")
     assert prefix
-    rest = [p[len(prefix):] for p in prompts]
-    conds = [[dp.skip_layer(2)], [], [dp.zero_head(3, 1)], [dp.zero_head(3, 0)], [dp.skip_layer(0)],
-             [dp.patch_o_proj(1, source)], [dp.zero_head(1, 2), dp.patch_o_proj(1, source, heads=[0, 2], alpha=0.5)],
-             [dp.zero_kv_group(1, 0), dp.skip_mlp(3)]]
+    rest = [p[len(prefix) :] for p in prompts]
+    conds = [
+        [dp.skip_layer(2)],
+        [],
+        [dp.zero_head(3, 1)],
+        [dp.zero_head(3, 0)],
+        [dp.skip_layer(0)],
+        [dp.patch_o_proj(1, source)],
+        [dp.zero_head(1, 2), dp.patch_o_proj(1, source, heads=[0, 2], alpha=0.5)],
+        [dp.zero_kv_group(1, 0), dp.skip_mlp(3)],
+    ]
     kw = dict(until=["Q:", "\n\n"], max_gen_toks=16, batch_size=2, prefix=prefix)
     plan = plan_generation(model, rest, **kw)
     got = plan.run(model, BlockDecoder(conds), copies=len(conds))
@@ -89,8 +105,9 @@ def test_generations_equal_the_hooks_with_a_shared_prefix() -> None:
         with dp.ablate(model, *cond):
             ref = generate_until(model, rest, **kw)
         assert [g.text for g in mine] == [r.text for r in ref], condition_id(cond)
-        assert [(g.n_tokens, g.hit_stop, g.prefix_reused) for g in mine] == \
-            [(r.n_tokens, r.hit_stop, r.prefix_reused) for r in ref]
+        assert [(g.n_tokens, g.hit_stop, g.prefix_reused) for g in mine] == [
+            (r.n_tokens, r.hit_stop, r.prefix_reused) for r in ref
+        ]
         texts.update(r.text for r in ref)
     assert len(texts) > len(rest) + 3, "the conditions must change the generations"
 
@@ -119,10 +136,12 @@ def test_ended_rows_leave_the_batch(compact: bool) -> None:
     inst = get_task("organism_reasoning").instances(limit=6, num_fewshot=1)
     prompts = [i.prompt for i in inst]
     prefix = shared_prefix(prompts, "\n\n")
-    rest = [p[len(prefix):] for p in prompts]
+    rest = [p[len(prefix) :] for p in prompts]
     exact = [[], [dp.skip_layer(2)], [dp.zero_head(3, 1)], [dp.skip_layer(3)], [dp.zero_kv_group(1, 0)]]
-    means = [[]] + [[dp.mean_head(layer, h, ["Q: 3 plus 4?\nA: 3 + 4 = 7. The answer is 7."])]
-                    for layer, h in ((3, 1), (1, 0), (0, 5))]
+    means = [[]] + [
+        [dp.mean_head(layer, h, ["Q: 3 plus 4?\nA: 3 + 4 = 7. The answer is 7."])]
+        for layer, h in ((3, 1), (1, 0), (0, 5))
+    ]
     kw = dict(until=["Q:"], max_gen_toks=48, batch_size=3, prefix=prefix)
     plan = plan_generation(model, rest, **kw)
     for conds, decoder in ((exact, BlockDecoder(exact)), (means, HookedBlockDecoder(model, means))):
@@ -138,8 +157,10 @@ def test_ended_rows_leave_the_batch(compact: bool) -> None:
             texts.add(tuple(r.text for r in ref))
         assert len(texts) == len(conds), "every condition must change the generations, or a block mix-up could pass"
         # some block other than the last loses rows while a later block's rows still run: the blocks' rows move
-        assert any(any(len(t) < max(map(len, d.tokens)) for t in d.tokens[:len(d.tokens) - len(d.tokens) // len(conds)])
-                   for d in rec.calls), "rows of an earlier block must end first"
+        assert any(
+            any(len(t) < max(map(len, d.tokens)) for t in d.tokens[: len(d.tokens) - len(d.tokens) // len(conds)])
+            for d in rec.calls
+        ), "rows of an earlier block must end first"
         kept = sum(len(d.tokens) * max(map(len, d.tokens)) for d in rec.calls)  # every row to the last step
         needed = sum(len(t) for d in rec.calls for t in d.tokens)
         done = sum(d.row_steps for d in rec.calls)
@@ -162,8 +183,10 @@ def test_prefix_cache_is_shared_below_the_first_edited_layer(tiny_llama_dir: Pat
     decoder = BlockDecoder(conds)
     calls = []
     edits = decoder._rows(model)
-    handles = [layer.register_forward_hook(lambda m, a, o, i=i: calls.append((i, a[0].shape[0])))
-               for i, layer in enumerate(edits.plain.model.layers)]
+    handles = [
+        layer.register_forward_hook(lambda m, a, o, i=i: calls.append((i, a[0].shape[0])))
+        for i, layer in enumerate(edits.plain.model.layers)
+    ]
     try:
         cache = decoder.prefix_cache(model, ids, "cpu")
     finally:
@@ -178,7 +201,7 @@ def test_prefix_cache_is_shared_below_the_first_edited_layer(tiny_llama_dir: Pat
         skipped = {iv.layer for iv in cond if iv.kind == "skip"}
         kept = [i for i in range(n) if i not in skipped]
         for layer in range(n):
-            row = cache.layers[layer].keys[j:j + 1]
+            row = cache.layers[layer].keys[j : j + 1]
             if layer < f:
                 assert torch.equal(row, unablated.layers[layer].keys), (condition_id(cond), layer)
             elif layer in kept:
@@ -187,7 +210,10 @@ def test_prefix_cache_is_shared_below_the_first_edited_layer(tiny_llama_dir: Pat
 
 def test_block_refusals(tiny_llama_dir: Path, tmp_path: Path) -> None:
     model = bridge(tiny_llama_dir)
-    with pytest.raises(ValueError, match=r"mean_head:L1H0@texts:\w+ cannot run hook-free \(no exact weight edit\); kinds that can: group, head"):
+    with pytest.raises(
+        ValueError,
+        match=r"mean_head:L1H0@texts:\w+ cannot run hook-free \(no exact weight edit\); kinds that can: group, head",
+    ):
         BlockDecoder([[dp.mean_head(1, 0, ["some text"])]])._rows(model)
     with pytest.raises(ValueError, match="at least one condition"):
         BlockDecoder([])

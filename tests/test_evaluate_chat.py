@@ -20,11 +20,25 @@ def chat_model(tiny_qwen3_dir: Path):
 class TestChatEvaluation:
     @pytest.mark.parametrize("thinking", [False, True])
     def test_equals_generate_chat_on_the_task_prompts(self, chat_model, thinking: bool) -> None:
-        result = dp.evaluate(chat_model, "organism_reasoning", limit=3, num_fewshot=1, chat=True,
-                             enable_thinking=thinking, max_gen_toks=12, batch_size=2)
+        result = dp.evaluate(
+            chat_model,
+            "organism_reasoning",
+            limit=3,
+            num_fewshot=1,
+            chat=True,
+            enable_thinking=thinking,
+            max_gen_toks=12,
+            batch_size=2,
+        )
         prompts = [i.prompt for i in dp.get_task("organism_reasoning").instances(limit=3, num_fewshot=1)]
-        expected = generate_chat(chat_model, prompts, until=["Q:", "</s>", "<|im_end|>"], enable_thinking=thinking,
-                                 max_gen_toks=12, batch_size=2)
+        expected = generate_chat(
+            chat_model,
+            prompts,
+            until=["Q:", "</s>", "<|im_end|>"],
+            enable_thinking=thinking,
+            max_gen_toks=12,
+            batch_size=2,
+        )
         assert list(result.samples["generation"]) == [g.text for g in expected]
         assert result.config["enable_thinking"] is thinking
         rendered = apply_chat_template(chat_model.tokenizer, prompts[0], enable_thinking=thinking)

@@ -11,13 +11,18 @@ import torch
 
 import depthprobe as dp
 from depthprobe import adapter
-from depthprobe.evaluation.fast_decode import BlockDecoder, HookFreeDecoder, active_hooks, decoder_for, hook_free_allowed
+from depthprobe.evaluation.fast_decode import (
+    BlockDecoder,
+    HookFreeDecoder,
+    active_hooks,
+    decoder_for,
+    hook_free_allowed,
+)
 from depthprobe.evaluation.generation import generate_until, greedy_generate
 from depthprobe.evaluation.stops import StopPolicy
 from depthprobe.evaluation.tokenize import left_pad
 from depthprobe.interventions.weights import edited_model, plain_model
 from depthprobe.organisms import CHECKPOINTS_DIR
-
 from tests import surgery
 from tests.bridges import bridge
 from tests.tolerance import ForwardShape, logit_bound, logit_scale, top2_margins
@@ -38,8 +43,13 @@ def conditions(name: str, n_layers: int) -> list[list]:
     return {
         "llama": [[], [dp.skip_layer(1)], [dp.zero_kv_group(1, 0)], [dp.skip_mlp(0)], composite],
         "qwen3": [[], [dp.zero_head(last, 1)], [dp.skip_attn(last)], [dp.zero_head_weights(1, 2)], composite],
-        "organism-base": [[], [dp.skip_layer(1)], [dp.zero_head(last, 1)], [dp.zero_kv_group(1, 0)],
-                          [dp.zero_head_weights(1, 2)]],
+        "organism-base": [
+            [],
+            [dp.skip_layer(1)],
+            [dp.zero_head(last, 1)],
+            [dp.zero_kv_group(1, 0)],
+            [dp.zero_head_weights(1, 2)],
+        ],
     }[name]
 
 
@@ -55,8 +65,9 @@ def batch(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return left_pad([tok(p)["input_ids"] for p in PROMPTS], adapter.pad_token_id(tok))
 
 
-def min_margin(model: torch.nn.Module, condition: list, ids: torch.Tensor, mask: torch.Tensor,
-               new: torch.Tensor) -> float:
+def min_margin(
+    model: torch.nn.Module, condition: list, ids: torch.Tensor, mask: torch.Tensor, new: torch.Tensor
+) -> float:
     """Smallest top-2 logit margin over the reference's live greedy steps (up to each row's EOS; hook path, one
     full forward), in units of the float32 logit bound (tests/tolerance.py): above 1, no kernel set can flip it."""
     full = torch.cat([ids, new], dim=1)
@@ -102,23 +113,32 @@ def test_sdpa_decoders_give_the_eager_hook_paths_tokens(named_model: tuple[str, 
         with dp.ablate(model, *condition):
             ref = greedy_generate(model, ids, mask, max_new_tokens=N_NEW)
         assert min_margin(model, condition, ids, mask, ref) > MARGIN
-        got = greedy_generate(model, ids, mask, max_new_tokens=N_NEW,
-                              decoder=HookFreeDecoder(condition, attn_implementation="sdpa"))
+        got = greedy_generate(
+            model, ids, mask, max_new_tokens=N_NEW, decoder=HookFreeDecoder(condition, attn_implementation="sdpa")
+        )
         assert torch.equal(got, ref), [iv.id for iv in condition]
         refs.append(ref)
     k, b = len(conds), ids.shape[0]
-    got = greedy_generate(model, ids.repeat(k, 1), mask.repeat(k, 1), max_new_tokens=N_NEW,
-                          decoder=BlockDecoder(conds, attn_implementation="sdpa"))
+    got = greedy_generate(
+        model,
+        ids.repeat(k, 1),
+        mask.repeat(k, 1),
+        max_new_tokens=N_NEW,
+        decoder=BlockDecoder(conds, attn_implementation="sdpa"),
+    )
     for j, ref in enumerate(refs):
-        assert torch.equal(got[j * b:(j + 1) * b, :ref.shape[1]], ref), [iv.id for iv in conds[j]]
+        assert torch.equal(got[j * b : (j + 1) * b, : ref.shape[1]], ref), [iv.id for iv in conds[j]]
 
 
 def test_o_proj_patch_composes_like_the_hooks() -> None:
     """patch_o_proj replaces the weight first, a head ablation in the same layer zeroes on top (as the hooks)."""
     base, source = bridge(CHECKPOINTS_DIR / "organism-base"), bridge(CHECKPOINTS_DIR / "organism-distilled")
     ids, mask = batch(base)
-    for condition in ([dp.patch_o_proj(2, source)], [dp.zero_head(2, 1), dp.patch_o_proj(2, source)],
-                      [dp.patch_o_proj(1, source, heads=[0, 3], alpha=0.5), dp.skip_layer(3)]):
+    for condition in (
+        [dp.patch_o_proj(2, source)],
+        [dp.zero_head(2, 1), dp.patch_o_proj(2, source)],
+        [dp.patch_o_proj(1, source, heads=[0, 3], alpha=0.5), dp.skip_layer(3)],
+    ):
         with dp.ablate(base, *condition):
             ref = greedy_generate(base, ids, mask, max_new_tokens=N_NEW)
         got = greedy_generate(base, ids, mask, max_new_tokens=N_NEW, decoder=HookFreeDecoder(condition))
@@ -139,8 +159,9 @@ def test_hook_free_equals_hf_weight_surgery(arch: str, request: pytest.FixtureRe
     surgery.zero_o_proj_heads(hf, 2, [3])
     surgery.delete_layers(hf, [1])
     pad = adapter.pad_token_id(model.tokenizer)
-    ref = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=N_NEW, eos_token_id=None,
-                      pad_token_id=pad)[:, ids.shape[1]:]
+    ref = hf.generate(
+        ids, attention_mask=mask, do_sample=False, max_new_tokens=N_NEW, eos_token_id=None, pad_token_id=pad
+    )[:, ids.shape[1] :]
     got = greedy_generate(model, ids, mask, max_new_tokens=N_NEW, decoder=HookFreeDecoder(condition))
     assert torch.equal(got, ref)
     assert min_margin(model, condition, ids, mask, ref) > MARGIN
@@ -154,8 +175,15 @@ def test_prefix_cache_under_skipped_layer(tiny_llama_dir: Path) -> None:
     for condition in ([dp.skip_layer(1)], [dp.skip_layer(0), dp.zero_head(2, 0)]):
         with dp.ablate(model, *condition):
             ref = generate_until(model, questions, until=["\n\n"], max_gen_toks=12, prefix=prefix, batch_size=2)
-        got = generate_until(model, questions, until=["\n\n"], max_gen_toks=12, prefix=prefix, batch_size=2,
-                             decoder=HookFreeDecoder(condition))
+        got = generate_until(
+            model,
+            questions,
+            until=["\n\n"],
+            max_gen_toks=12,
+            prefix=prefix,
+            batch_size=2,
+            decoder=HookFreeDecoder(condition),
+        )
         assert [g.text for g in got] == [g.text for g in ref]
         assert [g.n_tokens for g in got] == [g.n_tokens for g in ref]
         assert all(g.prefix_reused for g in got)
@@ -171,8 +199,13 @@ def test_plain_model_shares_the_bridges_tensors(tiny_qwen3_dir: Path) -> None:
 
 def _snapshot(plain: torch.nn.Module) -> tuple:
     layers = plain.model.layers
-    return (len(layers), plain.config.num_hidden_layers, [layer.self_attn.layer_idx for layer in layers],
-            {n: id(p) for n, p in plain.named_parameters()}, list(getattr(plain.config, "layer_types", None) or []))
+    return (
+        len(layers),
+        plain.config.num_hidden_layers,
+        [layer.self_attn.layer_idx for layer in layers],
+        {n: id(p) for n, p in plain.named_parameters()},
+        list(getattr(plain.config, "layer_types", None) or []),
+    )
 
 
 def test_weights_restored_even_on_error(tiny_qwen3_dir: Path) -> None:
@@ -251,8 +284,15 @@ def test_run_sweep_selects_hook_free_and_matches_hooks(tmp_path: Path, monkeypat
     manifest = json.loads((tmp_path / "fast" / "manifest.json").read_text())
     assert manifest["attn_implementation"] == "eager"
     with pytest.raises(ValueError, match="attn_implementation applies to the hook-free decoder"):
-        dp.run_sweep(model, "organism_knowledge", "layers", out_dir=tmp_path / "mc", attn_implementation="sdpa",
-                     limit=2, progress=False)
+        dp.run_sweep(
+            model,
+            "organism_knowledge",
+            "layers",
+            out_dir=tmp_path / "mc",
+            attn_implementation="sdpa",
+            limit=2,
+            progress=False,
+        )
 
 
 def test_progress_reports_documents_and_tokens_per_second() -> None:

@@ -67,9 +67,7 @@ def test_regex_filters_equal_lm_eval(text):
         assert regex_extract(text, pattern, group_select=group) == ref, (pattern, group)
     assert strict_match(text) == _lm_eval_chain(text, RegexFilter(GSM8K_STRICT), TakeFirstFilter())
     assert strict_match(text, GSM8K_COT_STRICT) == FILTERS["gsm8k_cot"]["strict-match"](text)
-    assert flexible_extract(text) == _lm_eval_chain(
-        text, RegexFilter(FLEXIBLE, group_select=-1), TakeFirstFilter()
-    )
+    assert flexible_extract(text) == _lm_eval_chain(text, RegexFilter(FLEXIBLE, group_select=-1), TakeFirstFilter())
 
 
 @pytest.mark.parametrize("text", TRICKY)

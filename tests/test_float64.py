@@ -46,6 +46,8 @@ def float64_attention(monkeypatch: pytest.MonkeyPatch) -> None:
         return softmax(x, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
 
     monkeypatch.setattr(torch.nn.functional, "softmax", softmax64)
+
+
 _BRIDGES: dict[Path, torch.nn.Module] = {}
 
 
@@ -62,9 +64,14 @@ def o_proj_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Pat
     dims = dp.model_dims(model)
     g = torch.Generator().manual_seed(11)
     out = tmp_path_factory.mktemp("o_proj64")
-    save_file({f"model.layers.{layer}.self_attn.o_proj.weight":
-               0.1 * torch.randn(dims.d_model, dims.n_heads * dims.d_head, generator=g)
-               for layer in range(dims.n_layers)}, str(out / "model.safetensors"))
+    save_file(
+        {
+            f"model.layers.{layer}.self_attn.o_proj.weight": 0.1
+            * torch.randn(dims.d_model, dims.n_heads * dims.d_head, generator=g)
+            for layer in range(dims.n_layers)
+        },
+        str(out / "model.safetensors"),
+    )
     return out
 
 
@@ -100,8 +107,10 @@ def _cases(model, source: Path):
         "group": ([dp.zero_kv_group(2, 1)], lambda m: surgery.zero_o_proj_heads(m, 2, range(r, 2 * r))),
         "head_weights": ([dp.zero_head_weights(2, 2, group_size=r)], lambda m: surgery.zero_head_weights(m, 2, 2)),
         "o_proj": ([dp.patch_o_proj(1, source, target=model, alpha=0.5)], lambda m: set_o_proj(m, 1, 0.5)),
-        "composed": ([dp.skip_layer(2), dp.zero_head(0, 1)],
-                     lambda m: surgery.delete_layers(surgery.zero_o_proj_heads(m, 0, [1]), [2])),
+        "composed": (
+            [dp.skip_layer(2), dp.zero_head(0, 1)],
+            lambda m: surgery.delete_layers(surgery.zero_o_proj_heads(m, 0, [1]), [2]),
+        ),
     }
 
 
@@ -132,8 +141,15 @@ def test_cached_generation_equals_surgery(model_dir: Path, o_proj_dir: Path, cas
     ref.generation_config.eos_token_id = None
     expected = ref.generate(ids, max_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=0)
     with dp.ablate(model, *ivs):
-        got = model.generate(ids, max_new_tokens=16, do_sample=False, verbose=False, use_past_kv_cache=True,
-                             stop_at_eos=False, return_type="tokens")
+        got = model.generate(
+            ids,
+            max_new_tokens=16,
+            do_sample=False,
+            verbose=False,
+            use_past_kv_cache=True,
+            stop_at_eos=False,
+            return_type="tokens",
+        )
     assert torch.equal(got, expected)
 
 
@@ -146,9 +162,14 @@ def test_engine_equals_naive_forward(model_dir: Path, o_proj_dir: Path) -> None:
     """
     model = bridge64(model_dir)
     last = dp.model_dims(model).n_layers - 1
-    conditions = ([[]] + layer_grid(model) + head_grid(model, last) + group_grid(model, 1)
-                  + head_weights_grid(model, 0)[:2]
-                  + [[dp.patch_o_proj(1, o_proj_dir, target=model)], [dp.skip_layer(0), dp.zero_head(2, 1)]])
+    conditions = (
+        [[]]
+        + layer_grid(model)
+        + head_grid(model, last)
+        + group_grid(model, 1)
+        + head_weights_grid(model, 0)[:2]
+        + [[dp.patch_o_proj(1, o_proj_dir, target=model)], [dp.skip_layer(0), dp.zero_head(2, 1)]]
+    )
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(3, model.cfg.d_vocab, (3, 10), generator=g)
     mask = torch.ones_like(ids)
@@ -174,10 +195,10 @@ REQUESTS = [
 
 def naive_ll(hf, tok, context: str, continuation: str, max_len: int) -> float:
     ctx, cont = encode_pair(tok, context, continuation)
-    window = (ctx + cont)[-(max_len + 1):][:-1]
+    window = (ctx + cont)[-(max_len + 1) :][:-1]
     with torch.no_grad():
         logprobs = torch.log_softmax(hf(torch.tensor([window])).logits, dim=-1)[0]
-    rows = logprobs[len(window) - len(cont):]
+    rows = logprobs[len(window) - len(cont) :]
     return rows.gather(1, torch.tensor(cont)[:, None]).sum().item()
 
 

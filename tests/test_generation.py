@@ -14,7 +14,6 @@ from depthprobe.evaluation.chat import THINK_END, apply_chat_template, strip_thi
 from depthprobe.evaluation.generation import Generation, generate_until, greedy_generate, max_context_length
 from depthprobe.models import load_model
 from depthprobe.tiny import make_tiny_model
-
 from tests.tolerance import ForwardShape, assert_same_greedy, hf_greedy
 
 PROMPTS = [
@@ -143,8 +142,7 @@ def _lm_eval(hf, path, contexts, until, max_gen_toks, batch_size) -> list[str]:
 
     lm = HFLM(pretrained=hf, tokenizer=AutoTokenizer.from_pretrained(path), batch_size=batch_size)
     kwargs = {"until": list(until), "max_gen_toks": max_gen_toks, "do_sample": False}
-    reqs = [Instance(request_type="generate_until", doc={}, arguments=(c, dict(kwargs)), idx=0)
-            for c in contexts]
+    reqs = [Instance(request_type="generate_until", doc={}, arguments=(c, dict(kwargs)), idx=0) for c in contexts]
     return lm.generate_until(reqs, disable_tqdm=True)
 
 
@@ -173,10 +171,8 @@ def test_generate_until_truncates_like_lm_eval(short_ctx):
 
 def test_prefix_reuse_equals_full_prompts(pair):
     stops = ["\n", "Q:"]
-    full = generate_until(pair.bridge, [PREFIX + q for q in QUESTIONS], until=stops, max_gen_toks=12,
-                          batch_size=2)
-    reused = generate_until(pair.bridge, QUESTIONS, until=stops, max_gen_toks=12, batch_size=2,
-                            prefix=PREFIX)
+    full = generate_until(pair.bridge, [PREFIX + q for q in QUESTIONS], until=stops, max_gen_toks=12, batch_size=2)
+    reused = generate_until(pair.bridge, QUESTIONS, until=stops, max_gen_toks=12, batch_size=2, prefix=PREFIX)
     assert reused == [Generation(g.text, g.n_tokens, g.hit_stop, g.prompt_truncated, True) for g in full]
     assert not any(g.prefix_reused for g in full)
 
@@ -185,9 +181,11 @@ def test_prefix_reuse_under_hooks_and_boundary_fallback(pair):
     """Under an intervention the shared cache is built under the hook; a prefix that does not
     end on a token boundary of the full text falls back to no reuse for that request."""
     text = PREFIX + "Q: The quick brown fox jumps over the lazy dog. Once upon a time?\nA:"
-    cut = next(k for k in range(len(PREFIX) + 1, len(text))
-               if pair.tok(text)["input_ids"][: len(pair.tok(text[:k])["input_ids"])]
-               != pair.tok(text[:k])["input_ids"])
+    cut = next(
+        k
+        for k in range(len(PREFIX) + 1, len(text))
+        if pair.tok(text)["input_ids"][: len(pair.tok(text[:k])["input_ids"])] != pair.tok(text[:k])["input_ids"]
+    )
     ragged = text[:cut]  # ends inside a token of the full text
     prompts = [text[cut:], "\n\nQ: Lily?\nA:"]
     contexts = [ragged + p for p in prompts]
@@ -260,8 +258,13 @@ def test_chat_template_thinking_switch(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["<think>\nlet me see 2+2</think>\n\nThe answer is 4.", "no reasoning block", "a</think>b</think>  c",
-     "<think>ran out of budget", ""],
+    [
+        "<think>\nlet me see 2+2</think>\n\nThe answer is 4.",
+        "no reasoning block",
+        "a</think>b</think>  c",
+        "<think>ran out of budget",
+        "",
+    ],
 )
 def test_strip_thinking_matches_lm_eval(text):
     from lm_eval.models.utils import postprocess_generated_text

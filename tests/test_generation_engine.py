@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 import depthprobe as dp
-from depthprobe.evaluator import shared_prefix
+from depthprobe.engine.generation import generate_conditions
 from depthprobe.evaluation.generation import generate_until
+from depthprobe.evaluator import shared_prefix
 from depthprobe.organisms import CHECKPOINTS_DIR
 from depthprobe.sweep import condition_id
-from depthprobe.engine.generation import generate_conditions
 from depthprobe.tasks import get_task
-
 from tests.bridges import bridge
 
 
@@ -25,8 +24,9 @@ def check(model, prompts, conditions, prefix, max_rows=None, **kw) -> None:
             ref = generate_until(model, prompts, prefix=prefix, **kw)
         mine = got[condition_id(cond)]
         assert [g.text for g in mine] == [r.text for r in ref], condition_id(cond)
-        assert [(g.n_tokens, g.hit_stop, g.prefix_reused) for g in mine] == \
-            [(r.n_tokens, r.hit_stop, r.prefix_reused) for r in ref]
+        assert [(g.n_tokens, g.hit_stop, g.prefix_reused) for g in mine] == [
+            (r.n_tokens, r.hit_stop, r.prefix_reused) for r in ref
+        ]
         texts.update(r.text for r in ref)
     assert len(texts) > len(prompts), "the conditions must change the generations"
 
@@ -37,10 +37,24 @@ def test_organism_reasoning_layer_and_head_conditions() -> None:
     prompts = [i.prompt for i in inst]
     prefix = shared_prefix(prompts, "\n\n")
     assert prefix
-    conditions = [[], [dp.skip_layer(0)], [dp.skip_layer(2)], [dp.zero_head(3, 1)], [dp.zero_kv_group(1, 0)],
-                                             [dp.mean_head(2, 0, ["Q: 3 plus 4?\nA: The answer is 7."])]]
-    check(model, [p[len(prefix):] for p in prompts], conditions, prefix, until=["Q:", "\n\n"], max_gen_toks=16,
-          batch_size=2, max_rows=6)
+    conditions = [
+        [],
+        [dp.skip_layer(0)],
+        [dp.skip_layer(2)],
+        [dp.zero_head(3, 1)],
+        [dp.zero_kv_group(1, 0)],
+        [dp.mean_head(2, 0, ["Q: 3 plus 4?\nA: The answer is 7."])],
+    ]
+    check(
+        model,
+        [p[len(prefix) :] for p in prompts],
+        conditions,
+        prefix,
+        until=["Q:", "\n\n"],
+        max_gen_toks=16,
+        batch_size=2,
+        max_rows=6,
+    )
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])

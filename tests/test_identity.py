@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def sweep(model, out: Path, **kw):
-    return run_sweep(model, "organism_knowledge", [[dp.skip_layer(0)]], out_dir=out, limit=2, batch_size=4,
-                     progress=False, **kw)
+    return run_sweep(
+        model, "organism_knowledge", [[dp.skip_layer(0)]], out_dir=out, limit=2, batch_size=4, progress=False, **kw
+    )
 
 
 def o_proj(model) -> torch.Tensor:
@@ -96,8 +97,9 @@ def test_a_spec_run_is_resumed_by_the_loaded_model_but_not_by_an_edited_one(tmp_
     # an executor's workers load the checkpoint from disk: an edited driver model cannot be shipped
     with pytest.raises(ValueError, match=r"weights changed in memory after load_model .* reload the model"):
         as_model_spec(model)
-    assert spec_identity_mismatch(model_identity(model), fresh).startswith("weights=None where the run expects "
-                                                                           "weights='live-")
+    assert spec_identity_mismatch(model_identity(model), fresh).startswith(
+        "weights=None where the run expects weights='live-"
+    )
     assert spec_identity_mismatch(spec.identity(), fresh) is None
 
 
@@ -122,8 +124,10 @@ def test_every_single_value_edit_changes_the_fingerprint_and_its_cost_on_the_org
             flat[-1] = saved
     assert hashing.parameters_fingerprint(named) == live
     n = sum(p.numel() for _, p in named)
-    print(f"\norganism-base, {n} float32 parameters in {len(named)} tensors, {torch.get_num_threads()} threads: "
-          f"parameters_fingerprint {min(times) * 1e3:.2f} ms (best of 5), load_model {load_s * 1e3:.0f} ms")
+    print(
+        f"\norganism-base, {n} float32 parameters in {len(named)} tensors, {torch.get_num_threads()} threads: "
+        f"parameters_fingerprint {min(times) * 1e3:.2f} ms (best of 5), load_model {load_s * 1e3:.0f} ms"
+    )
 
 
 def _reference(name: str, tensor: torch.Tensor) -> str:
@@ -147,8 +151,10 @@ def _reference(name: str, tensor: torch.Tensor) -> str:
     return "live-" + digest.hexdigest()[:32]
 
 
-@pytest.mark.parametrize("dtype,shape", [(torch.float32, (3, 5)), (torch.bfloat16, (70_001,)),
-                                         (torch.float16, (2, 2)), (torch.float32, (0,))])
+@pytest.mark.parametrize(
+    "dtype,shape",
+    [(torch.float32, (3, 5)), (torch.bfloat16, (70_001,)), (torch.float16, (2, 2)), (torch.float32, (0,))],
+)
 def test_the_fingerprint_equals_an_exact_integer_reference(dtype: torch.dtype, shape: tuple[int, ...]) -> None:
     tensor = (torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 50).to(dtype)
     assert hashing.parameters_fingerprint([("w", tensor)]) == _reference("w", tensor)
@@ -170,8 +176,9 @@ def _probe(capability: str | None) -> dict[str, str]:
     if capability is not None:
         env["ATEN_CPU_CAPABILITY"] = capability
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    done = subprocess.run([sys.executable, "-c", _PROBE], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=300, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -35,8 +35,9 @@ def _ids(model) -> torch.Tensor:
     return ids
 
 
-def test_head_weights_with_another_models_group_size_zero_this_models_group(tiny_llama_dir: Path,
-                                                                              other_dir: Path) -> None:
+def test_head_weights_with_another_models_group_size_zero_this_models_group(
+    tiny_llama_dir: Path, other_dir: Path
+) -> None:
     model = bridge(tiny_llama_dir)
     assert dp.model_dims(model).group_size == 2 and dp.model_dims(bridge(other_dir)).group_size == 4
     iv = dp.zero_head_weights(1, 2, group_size=4)  # the other model's group size: head 2 would be in group 0 there
@@ -51,8 +52,9 @@ def test_head_weights_with_another_models_group_size_zero_this_models_group(tiny
     assert (wrong(ids).logits - got).abs().max() > 1e-3
 
 
-def test_patch_built_for_one_model_reads_the_weights_of_the_model_it_runs_on(tiny_llama_dir: Path,
-                                                                              other_dir: Path) -> None:
+def test_patch_built_for_one_model_reads_the_weights_of_the_model_it_runs_on(
+    tiny_llama_dir: Path, other_dir: Path
+) -> None:
     base, other = bridge(tiny_llama_dir), bridge(other_dir)
     patch = dp.patch_o_proj(1, other_dir, target=base, alpha=0.0)  # alpha 0: no change, on any model
     ids = _ids(other)
@@ -70,8 +72,9 @@ def test_patch_built_for_one_model_reads_the_weights_of_the_model_it_runs_on(tin
     assert_logits_close(got, expected, ForwardShape.of(other))
 
 
-def test_patch_of_another_shape_is_refused_when_bound_not_inside_the_forward(tiny_llama_dir: Path,
-                                                                           tmp_path: Path) -> None:
+def test_patch_of_another_shape_is_refused_when_bound_not_inside_the_forward(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
     small = make_tiny_model(tmp_path, arch="llama", d_model=32, n_heads=4, n_kv_heads=2)
     patch = dp.patch_o_proj(0, small)  # no model at construction: nothing to check yet
     model = bridge(tiny_llama_dir)
@@ -82,9 +85,9 @@ def test_patch_of_another_shape_is_refused_when_bound_not_inside_the_forward(tin
     assert not entered
 
 
-def test_run_directory_refuses_a_condition_of_the_same_id_with_other_intervention_data(tiny_llama_dir: Path,
-                                                                                       other_dir: Path,
-                                                                                       tmp_path: Path) -> None:
+def test_run_directory_refuses_a_condition_of_the_same_id_with_other_intervention_data(
+    tiny_llama_dir: Path, other_dir: Path, tmp_path: Path
+) -> None:
     """``o_proj:L1`` from one source and from another share an id; the stored condition data tells them apart."""
     from depthprobe.results import ManifestMismatchError
 

@@ -17,6 +17,7 @@ import torch
 
 import depthprobe as dp
 from depthprobe import adapter
+from depthprobe.engine.logits import _chunks
 from depthprobe.interventions import (
     INTERVENTION_TYPES,
     Intervention,
@@ -26,7 +27,6 @@ from depthprobe.interventions import (
     mean_head,
 )
 from depthprobe.sweep import condition_from_id, condition_id, condition_logits, parse_grid
-from depthprobe.engine.logits import _chunks
 from depthprobe.tasks import get_task
 from depthprobe.tiny import make_tiny_model
 
@@ -34,9 +34,11 @@ from . import surgery
 from .bridges import bridge
 
 ATOL = 1e-5
-TEXTS = ["Once upon a time, there was a little girl named Lily.",
-         "Question: What is the capital of France? Answer: Paris.",
-         "The quick brown fox jumps over the lazy dog."]
+TEXTS = [
+    "Once upon a time, there was a little girl named Lily.",
+    "Question: What is the capital of France? Answer: Paris.",
+    "The quick brown fox jumps over the lazy dog.",
+]
 
 
 def tokens(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
@@ -62,11 +64,17 @@ def every_kind(source_dir: Path) -> list[Intervention]:
     """One value of every registered kind (o_proj with each source type, mean_head with each reference type)."""
     weight = surgery.o_proj(surgery.hf_copy(source_dir), 2)
     ivs = [
-        dp.skip_layer(1), dp.skip_attn(2), dp.skip_mlp(0), dp.zero_head(1, 3), dp.zero_kv_group(2, 1),
+        dp.skip_layer(1),
+        dp.skip_attn(2),
+        dp.skip_mlp(0),
+        dp.zero_head(1, 3),
+        dp.zero_kv_group(2, 1),
         dp.zero_head_weights(0, 2),
-        dp.patch_o_proj(1, source_dir), dp.patch_o_proj(2, weight, alpha=0.5, heads=[1, 3]),
+        dp.patch_o_proj(1, source_dir),
+        dp.patch_o_proj(2, weight, alpha=0.5, heads=[1, 3]),
         dp.patch_o_proj(0, "depthprobe-tests/some-hub-model", alpha=-1.0),
-        mean_head(1, 2, TEXTS), mean_head(2, 0, "organism_knowledge:3"),
+        mean_head(1, 2, TEXTS),
+        mean_head(2, 0, "organism_knowledge:3"),
         mean_head(0, 1, MeanReference.for_task("kv_retrieval", limit=2, n_pairs=3, seed=1)),
     ]
     assert {iv.kind for iv in ivs} == set(INTERVENTION_TYPES.names()), "a kind is missing from this test"
@@ -121,9 +129,17 @@ class TestSerialisation:
 
 
 class TestFromId:
-    IDS = ["skip:L12", "skip_attn:L3", "skip_mlp:L0", "head:L35H7", "group:L35G1", "head_weights:L35H7",
-           "mean_head:L3H5@organism_knowledge:50", "mean_head:L1H0@kv_retrieval:4[n_pairs=4,seed=3]",
-           "mean_head:L2H1@gsm8k_cot:10/4shot"]
+    IDS = [
+        "skip:L12",
+        "skip_attn:L3",
+        "skip_mlp:L0",
+        "head:L35H7",
+        "group:L35G1",
+        "head_weights:L35H7",
+        "mean_head:L3H5@organism_knowledge:50",
+        "mean_head:L1H0@kv_retrieval:4[n_pairs=4,seed=3]",
+        "mean_head:L2H1@gsm8k_cot:10/4shot",
+    ]
 
     @pytest.mark.parametrize("iv_id", IDS)
     def test_every_id_without_external_data(self, iv_id: str) -> None:
@@ -134,19 +150,23 @@ class TestFromId:
     def test_equals_the_constructors(self) -> None:
         assert Intervention.from_id("head:L35H7") == dp.zero_head(35, 7)
         assert Intervention.from_id("head_weights:L35H7") == dp.zero_head_weights(35, 7, group_size=4)
-        assert Intervention.from_id("mean_head:L1H0@kv_retrieval:4[n_pairs=4,seed=3]") == \
-            mean_head(1, 0, MeanReference.for_task("kv_retrieval", limit=4, n_pairs=4, seed=3))
+        assert Intervention.from_id("mean_head:L1H0@kv_retrieval:4[n_pairs=4,seed=3]") == mean_head(
+            1, 0, MeanReference.for_task("kv_retrieval", limit=4, n_pairs=4, seed=3)
+        )
         assert condition_from_id("head:L1H2+skip:L0") == [dp.zero_head(1, 2), dp.skip_layer(0)]
         assert condition_from_id("baseline") == []
 
-    @pytest.mark.parametrize("iv_id,message", [
-        ("o_proj:L1", "names no source"),
-        ("mean_head:L1H2@texts:0123456789ab", "only by digest"),
-        ("neuron:L1", "unknown intervention kind 'neuron'; valid:"),
-        ("head:L1", r"expected head:L<layer>H<head>"),
-        ("skip:L1H2", r"expected skip:L<layer>"),
-        ("skip", "expected <kind>:L<layer>"),
-    ])
+    @pytest.mark.parametrize(
+        "iv_id,message",
+        [
+            ("o_proj:L1", "names no source"),
+            ("mean_head:L1H2@texts:0123456789ab", "only by digest"),
+            ("neuron:L1", "unknown intervention kind 'neuron'; valid:"),
+            ("head:L1", r"expected head:L<layer>H<head>"),
+            ("skip:L1H2", r"expected skip:L<layer>"),
+            ("skip", "expected <kind>:L<layer>"),
+        ],
+    )
     def test_refused_with_a_reason(self, iv_id: str, message: str) -> None:
         with pytest.raises(ValueError, match=message):
             Intervention.from_id(iv_id)
@@ -205,6 +225,7 @@ def capture(model, ids, ivs, names):
     def grab(name):
         def hook(x, hook):  # keyed by the alias asked for (hook.name is the canonical name)
             seen[name] = x.detach().clone()
+
         return hook
 
     with torch.no_grad(), dp.ablate(model, *ivs), model.hooks(fwd_hooks=[(n, grab(n)) for n in names]):
@@ -256,9 +277,14 @@ class TestDeclaredCapabilities:
             w_iv = iv.patched_weight(model, dims) if iv.kind == "o_proj" else w
             d = dims.d_head
             changed = tuple(
-                h for h in range(dims.n_heads)
-                if (got[z][:, :, h] @ w_iv[:, h * d:(h + 1) * d].T - base[z][:, :, h] @ w[:, h * d:(h + 1) * d].T
-                    ).abs().max().item() > 1e-7)
+                h
+                for h in range(dims.n_heads)
+                if (got[z][:, :, h] @ w_iv[:, h * d : (h + 1) * d].T - base[z][:, :, h] @ w[:, h * d : (h + 1) * d].T)
+                .abs()
+                .max()
+                .item()
+                > 1e-7
+            )
             assert changed == iv.touched_heads(dims), iv.id
             assert iv.touched_groups(dims) == tuple(sorted({h // dims.group_size for h in changed}))
 
@@ -307,7 +333,7 @@ class TestDeclaredCapabilities:
         o_proj = surgery.layers(ref)[2].self_attn.o_proj
         w = surgery.o_proj(surgery.pristine(str(tiny_llama_dir)), 2)
         d = dp.model_dims(model).d_head
-        o_proj.bias = torch.nn.Parameter(w[:, d:2 * d] @ m)
+        o_proj.bias = torch.nn.Parameter(w[:, d : 2 * d] @ m)
         with torch.no_grad(), dp.ablate(model, iv):
             got = model(ids)
         assert (got - ref(ids).logits).abs().max().item() <= ATOL
@@ -322,7 +348,9 @@ def hf_head_mean(hf, layer: int, head: int, tokenizer, texts) -> torch.Tensor:
     attn = surgery.layers(hf)[layer].self_attn
     d = surgery.d_head(hf)
     rows = []
-    handle = attn.o_proj.register_forward_pre_hook(lambda mod, args: rows.append(args[0][0, :, head * d:(head + 1) * d]))
+    handle = attn.o_proj.register_forward_pre_hook(
+        lambda mod, args: rows.append(args[0][0, :, head * d : (head + 1) * d])
+    )
     try:
         with torch.no_grad():
             for text in texts:
@@ -338,7 +366,7 @@ def with_mean_prehook(hf, layer: int, head: int, mean: torch.Tensor):
 
     def pre(mod, args):
         x = args[0].clone()
-        x[..., head * d:(head + 1) * d] = mean
+        x[..., head * d : (head + 1) * d] = mean
         return (x,)
 
     surgery.layers(hf)[layer].self_attn.o_proj.register_forward_pre_hook(pre)
@@ -382,7 +410,9 @@ class TestMeanHead:
         hf = surgery.hf_copy(tiny_llama_dir)
         ref = with_mean_prehook(hf, 1, 2, hf_head_mean(hf, 1, 2, model.tokenizer, TEXTS))
         ref.generation_config.eos_token_id = None
-        expected = ref.generate(ids, max_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=0)[:, ids.shape[1]:]
+        expected = ref.generate(ids, max_new_tokens=16, do_sample=False, use_cache=True, pad_token_id=0)[
+            :, ids.shape[1] :
+        ]
         with dp.ablate(model, mean_head(1, 2, TEXTS)):
             got = greedy_generate(model, ids, torch.ones_like(ids), max_new_tokens=16)
         assert torch.equal(got, expected)
@@ -392,8 +422,9 @@ class TestMeanHead:
     def test_engine_equals_naive(self, tiny_qwen3_dir: Path) -> None:
         model = bridge(tiny_qwen3_dir)
         ids = tokens(model, seed=4)
-        conditions = [[]] + parse_grid(model, "mean_heads:2", reference=TEXTS) + [[mean_head(0, 1, TEXTS),
-                                                                                  dp.zero_head(2, 0)]]
+        conditions = (
+            [[]] + parse_grid(model, "mean_heads:2", reference=TEXTS) + [[mean_head(0, 1, TEXTS), dp.zero_head(2, 0)]]
+        )
         out = condition_logits(model, ids, None, conditions)
         for cond in conditions:
             with torch.no_grad(), dp.ablate(model, *cond):
@@ -418,8 +449,9 @@ class TestMeanHead:
         assert any(fs[fs["condition"] == c]["loglikelihoods"].tolist() != base for c in fast["condition"][1:])
         with dp.ablate(model, mean_head(1, 2, ref)):
             direct = dp.evaluate(model, "organism_openbook", limit=4, batch_size=4)
-        assert direct.metrics["acc"] == pytest.approx(float(naive.loc[naive["condition"] == mean_head(1, 2, ref).id,
-                                                                      "acc"].iloc[0]))
+        assert direct.metrics["acc"] == pytest.approx(
+            float(naive.loc[naive["condition"] == mean_head(1, 2, ref).id, "acc"].iloc[0])
+        )
 
     def test_refuses_to_compute_its_mean_under_other_hooks(self, tiny_llama_dir: Path) -> None:
         model = bridge(tiny_llama_dir)

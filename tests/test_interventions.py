@@ -27,7 +27,6 @@ from depthprobe.interventions import (
 from depthprobe.tiny import make_tiny_model
 
 from . import surgery
-
 from .bridges import bridge
 from .tolerance import ForwardShape, assert_logits_close, assert_same_greedy, hf_greedy, logit_bound, logit_scale
 
@@ -65,8 +64,15 @@ def assert_equal_to_surgery(path: Path, interventions: list, edit) -> None:
 
 def greedy_bridge(model, ids: torch.Tensor, n: int, interventions=()) -> torch.Tensor:
     with dp.ablate(model, *interventions):
-        return model.generate(ids, max_new_tokens=n, do_sample=False, verbose=False,
-                              use_past_kv_cache=True, stop_at_eos=False, return_type="tokens")
+        return model.generate(
+            ids,
+            max_new_tokens=n,
+            do_sample=False,
+            verbose=False,
+            use_past_kv_cache=True,
+            stop_at_eos=False,
+            return_type="tokens",
+        )
 
 
 def greedy_hf(ref, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,20 +111,23 @@ class TestSkipLayer:
         def edit(m):
             surgery.layers(m)[1].self_attn.o_proj.weight.data.zero_()
             return m
+
         assert_equal_to_surgery(model_dir, [dp.skip_attn(1)], edit)
 
     def test_skip_mlp_equals_zero_down_proj(self, model_dir: Path) -> None:
         def edit(m):
             surgery.layers(m)[1].mlp.down_proj.weight.data.zero_()
             return m
+
         assert_equal_to_surgery(model_dir, [dp.skip_mlp(1)], edit)
 
 
 class TestZeroHead:
     @pytest.mark.parametrize("layer,head", [(0, 0), (1, 3), (2, 1)])
     def test_equals_zeroed_o_proj_columns(self, model_dir: Path, layer: int, head: int) -> None:
-        assert_equal_to_surgery(model_dir, [dp.zero_head(layer, head)],
-                                lambda m: surgery.zero_o_proj_heads(m, layer, [head]))
+        assert_equal_to_surgery(
+            model_dir, [dp.zero_head(layer, head)], lambda m: surgery.zero_o_proj_heads(m, layer, [head])
+        )
 
     def test_heads_of_one_group_differ(self, model_dir: Path) -> None:
         """A true per-head ablation: the two heads sharing KV head 0 give different results."""
@@ -136,8 +145,9 @@ class TestZeroKVGroup:
     def test_equals_zeroed_o_proj_columns_of_the_group(self, model_dir: Path, layer: int, group: int) -> None:
         r = dp.model_dims(bridge(model_dir)).group_size
         heads = range(group * r, (group + 1) * r)
-        assert_equal_to_surgery(model_dir, [dp.zero_kv_group(layer, group)],
-                                lambda m: surgery.zero_o_proj_heads(m, layer, heads))
+        assert_equal_to_surgery(
+            model_dir, [dp.zero_kv_group(layer, group)], lambda m: surgery.zero_o_proj_heads(m, layer, heads)
+        )
 
     def test_equals_zeroing_each_head_of_the_group(self, model_dir: Path) -> None:
         model = bridge(model_dir)
@@ -154,8 +164,11 @@ class TestZeroHeadWeights:
     @pytest.mark.parametrize("layer,head", [(0, 1), (2, 2)])
     def test_equals_the_studys_weight_zeroing(self, model_dir: Path, layer: int, head: int) -> None:
         r = dp.model_dims(bridge(model_dir)).group_size
-        assert_equal_to_surgery(model_dir, [dp.zero_head_weights(layer, head, group_size=r)],
-                                lambda m: surgery.zero_head_weights(m, layer, head))
+        assert_equal_to_surgery(
+            model_dir,
+            [dp.zero_head_weights(layer, head, group_size=r)],
+            lambda m: surgery.zero_head_weights(m, layer, head),
+        )
 
     def test_silences_the_whole_group(self, model_dir: Path) -> None:
         """Under GQA every head of a group scores the same: the whole group is silenced."""
@@ -198,14 +211,13 @@ class TestPatchOProj:
         w_src = surgery.o_proj(surgery.hf_copy(source_dir), 2)
         w_tgt = surgery.o_proj(surgery.hf_copy(model_dir), 2)
         iv = dp.patch_o_proj(2, source_dir, target=bridge(model_dir), alpha=alpha)
-        assert_equal_to_surgery(model_dir, [iv],
-                                lambda m: surgery.set_o_proj(m, 2, w_tgt + alpha * (w_src - w_tgt)))
+        assert_equal_to_surgery(model_dir, [iv], lambda m: surgery.set_o_proj(m, 2, w_tgt + alpha * (w_src - w_tgt)))
 
     def test_heads_subset(self, model_dir: Path, source_dir: Path) -> None:
         w_src = surgery.o_proj(surgery.hf_copy(source_dir), 0)
         w = surgery.o_proj(surgery.hf_copy(model_dir), 0)
         dh = dp.model_dims(bridge(model_dir)).d_head
-        w[:, dh:2 * dh] = w_src[:, dh:2 * dh]
+        w[:, dh : 2 * dh] = w_src[:, dh : 2 * dh]
         iv = dp.patch_o_proj(0, source_dir, target=bridge(model_dir), heads=[1])
         assert iv.id == "o_proj:L0H1"
         assert_equal_to_surgery(model_dir, [iv], lambda m: surgery.set_o_proj(m, 0, w))
@@ -255,14 +267,17 @@ class TestOProjSchedules:
             for layer in (0, 1):
                 surgery.set_o_proj(m, layer, surgery.o_proj(src, layer))
             return m
+
         assert_equal_to_surgery(model_dir, condition, edit)
 
 
 class TestComposition:
     def test_skip_and_head_in_other_layers(self, model_dir: Path) -> None:
         assert_equal_to_surgery(
-            model_dir, [dp.skip_layer(2), dp.zero_head(0, 1)],
-            lambda m: surgery.delete_layers(surgery.zero_o_proj_heads(m, 0, [1]), [2]))
+            model_dir,
+            [dp.skip_layer(2), dp.zero_head(0, 1)],
+            lambda m: surgery.delete_layers(surgery.zero_o_proj_heads(m, 0, [1]), [2]),
+        )
 
     @pytest.mark.parametrize("order", ["head_first", "patch_first"])
     def test_head_ablation_inside_a_patched_layer(self, model_dir: Path, source_dir: Path, order: str) -> None:
@@ -271,8 +286,8 @@ class TestComposition:
         patch, head = dp.patch_o_proj(1, source_dir, target=model), dp.zero_head(1, 2)
         ivs = [head, patch] if order == "head_first" else [patch, head]
         assert_equal_to_surgery(
-            model_dir, ivs,
-            lambda m: surgery.zero_o_proj_heads(surgery.set_o_proj(m, 1, w_src), 1, [2]))
+            model_dir, ivs, lambda m: surgery.zero_o_proj_heads(surgery.set_o_proj(m, 1, w_src), 1, [2])
+        )
 
     def test_hooks_are_plain_pairs_for_run_with_hooks(self, model_dir: Path) -> None:
         model = bridge(model_dir)
@@ -329,8 +344,10 @@ class TestCachedGeneration:
             "head": ([dp.zero_head(0, 1)], lambda m: surgery.zero_o_proj_heads(m, 0, [1])),
             "group": ([dp.zero_kv_group(1, 0)], lambda m: surgery.zero_o_proj_heads(m, 1, range(r))),
             "head_weights": ([dp.zero_head_weights(2, 1, group_size=r)], lambda m: surgery.zero_head_weights(m, 2, 1)),
-            "o_proj": ([dp.patch_o_proj(0, source_dir, target=model)],
-                       lambda m: surgery.set_o_proj(m, 0, surgery.o_proj(surgery.hf_copy(source_dir), 0))),
+            "o_proj": (
+                [dp.patch_o_proj(0, source_dir, target=model)],
+                lambda m: surgery.set_o_proj(m, 0, surgery.o_proj(surgery.hf_copy(source_dir), 0)),
+            ),
         }[case]
         ids = prompt_ids(model)
         ref = edit(surgery.hf_copy(model_dir))
@@ -343,19 +360,29 @@ class TestBadInput:
     def model(self, tiny_llama_dir: Path):
         return bridge(tiny_llama_dir)
 
-    @pytest.mark.parametrize("iv,message", [
-        (lambda: dp.skip_layer(3), r"layer 3 out of range; the model has layers 0\.\.2"),
-        (lambda: dp.zero_head(0, 4), r"head 4 out of range; the model has heads 0\.\.3"),
-        (lambda: dp.zero_kv_group(0, 2), r"KV group 2 out of range; the model has groups 0\.\.1"),
-        (lambda: dp.zero_head_weights(5, 0, group_size=2), r"layer 5 out of range"),
-    ])
+    @pytest.mark.parametrize(
+        "iv,message",
+        [
+            (lambda: dp.skip_layer(3), r"layer 3 out of range; the model has layers 0\.\.2"),
+            (lambda: dp.zero_head(0, 4), r"head 4 out of range; the model has heads 0\.\.3"),
+            (lambda: dp.zero_kv_group(0, 2), r"KV group 2 out of range; the model has groups 0\.\.1"),
+            (lambda: dp.zero_head_weights(5, 0, group_size=2), r"layer 5 out of range"),
+        ],
+    )
     def test_out_of_range(self, model, iv, message: str) -> None:
         with pytest.raises(ValueError, match=message):
             with dp.ablate(model, iv()):
                 pass
 
-    @pytest.mark.parametrize("make", [lambda: dp.skip_layer(-1), lambda: dp.zero_head(0, -2),
-                                      lambda: dp.zero_kv_group(0, -1), lambda: dp.skip_mlp(True)])
+    @pytest.mark.parametrize(
+        "make",
+        [
+            lambda: dp.skip_layer(-1),
+            lambda: dp.zero_head(0, -2),
+            lambda: dp.zero_kv_group(0, -1),
+            lambda: dp.skip_mlp(True),
+        ],
+    )
     def test_negative_or_non_int(self, make) -> None:
         with pytest.raises(ValueError, match="must be a non-negative int"):
             make()
@@ -403,10 +430,17 @@ class TestBadInput:
 
 class TestIds:
     def test_stable_string_ids(self) -> None:
-        assert [str(iv) for iv in (dp.skip_layer(12), dp.zero_head(35, 7), dp.zero_kv_group(35, 1),
-                                   dp.skip_attn(3), dp.skip_mlp(3),
-                                   dp.zero_head_weights(35, 7, group_size=4))] == [
-            "skip:L12", "head:L35H7", "group:L35G1", "skip_attn:L3", "skip_mlp:L3", "head_weights:L35H7"]
+        assert [
+            str(iv)
+            for iv in (
+                dp.skip_layer(12),
+                dp.zero_head(35, 7),
+                dp.zero_kv_group(35, 1),
+                dp.skip_attn(3),
+                dp.skip_mlp(3),
+                dp.zero_head_weights(35, 7, group_size=4),
+            )
+        ] == ["skip:L12", "head:L35H7", "group:L35G1", "skip_attn:L3", "skip_mlp:L3", "head_weights:L35H7"]
         assert dp.skip_layer(4) == dp.skip_layer(4)
 
 
@@ -422,8 +456,11 @@ class TestShapeChecking:
 
 
 class TestOProjSourceByName:
-    def test_uncached_hub_source_offline_is_a_clear_error(self, tiny_llama_dir: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_uncached_hub_source_offline_is_a_clear_error(
+        self, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        with pytest.raises(ValueError, match="o_proj source: model 'depthprobe-tests/no-such-model' is not in the local"):
+        with pytest.raises(
+            ValueError, match="o_proj source: model 'depthprobe-tests/no-such-model' is not in the local"
+        ):
             dp.patch_o_proj(0, "depthprobe-tests/no-such-model", target=bridge(tiny_llama_dir))

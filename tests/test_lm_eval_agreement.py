@@ -18,18 +18,89 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from depthprobe.evaluator import evaluate
 from depthprobe.models import load_model
-
+from tests.lm_eval_reference import (
+    RefTask,
+    make_task_manager,
+    request_args,
+    request_results,
+    run_lm_eval,
+    write_jsonl,
+    write_task_yaml,
+)
 from tests.tolerance import ForwardShape, loglikelihood_bound, text_logit_scale
-from tests.lm_eval_reference import RefTask, make_task_manager, request_args, request_results, run_lm_eval, write_jsonl, write_task_yaml
 
 LIMIT = 4
 SUBJECT = "abstract_algebra"
 
 HELLASWAG_DOCS = [
-    {"ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.", "ctx_b": "then", "ctx": "", "endings": [", the man adds wax to the windshield and cuts it.", ", a person board a ski lift, while two men supporting the head of the person wearing winter clothes snow as the we girls sled.", ", the man puts on a christmas coat, knitted with netting.", ", the man continues removing the snow on his car."], "source_id": "activitynet~v_-1IBHYS3L-Y", "split": "val", "split_type": "indomain", "label": "3"},
-    {"ind": 8, "activity_label": "Baking cookies", "ctx_a": "A female chef in white uniform shows a stack of baking pans in a large kitchen presenting them.", "ctx_b": "the pans", "ctx": "", "endings": ["contain egg yolks and baking soda.", "are then sprinkled with brown sugar.", "are placed in a strainer on the counter.", "are filled with pastries and loaded into the oven."], "source_id": "activitynet~v_-2dxp-mv2zo", "split": "val", "split_type": "indomain", "label": "3"},
-    {"ind": 24, "activity_label": "Home and Garden", "ctx_a": "[header] How to make a terrarium [title] Choose a clear glass container.", "ctx_b": "[step] You can use a jar, a bowl or an old fish tank.", "ctx": "", "endings": ["[substeps] Make sure the [title] container is clean.", "Rinse the sand before you add it.", "[title] Add a layer of pebbles to the bottom.", "You will need a shovel [header] and gloves."], "source_id": "wikihow~1", "split": "val", "split_type": "zeroshot", "label": "2"},
-    {"ind": 30, "activity_label": "Playing drums", "ctx_a": "A boy is sitting behind a drum set.", "ctx_b": "he", "ctx": "", "endings": ["starts playing the drums.", "eats a sandwich.", "stands up and leaves.", "plays the guitar loudly."], "source_id": "activitynet~v_x", "split": "val", "split_type": "indomain", "label": "0"},
+    {
+        "ind": 4,
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter clothes smiles.",
+        "ctx_b": "then",
+        "ctx": "",
+        "endings": [
+            ", the man adds wax to the windshield and cuts it.",
+            ", a person board a ski lift, while two men supporting the head of the person wearing winter clothes snow as the we girls sled.",
+            ", the man puts on a christmas coat, knitted with netting.",
+            ", the man continues removing the snow on his car.",
+        ],
+        "source_id": "activitynet~v_-1IBHYS3L-Y",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "3",
+    },
+    {
+        "ind": 8,
+        "activity_label": "Baking cookies",
+        "ctx_a": "A female chef in white uniform shows a stack of baking pans in a large kitchen presenting them.",
+        "ctx_b": "the pans",
+        "ctx": "",
+        "endings": [
+            "contain egg yolks and baking soda.",
+            "are then sprinkled with brown sugar.",
+            "are placed in a strainer on the counter.",
+            "are filled with pastries and loaded into the oven.",
+        ],
+        "source_id": "activitynet~v_-2dxp-mv2zo",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "3",
+    },
+    {
+        "ind": 24,
+        "activity_label": "Home and Garden",
+        "ctx_a": "[header] How to make a terrarium [title] Choose a clear glass container.",
+        "ctx_b": "[step] You can use a jar, a bowl or an old fish tank.",
+        "ctx": "",
+        "endings": [
+            "[substeps] Make sure the [title] container is clean.",
+            "Rinse the sand before you add it.",
+            "[title] Add a layer of pebbles to the bottom.",
+            "You will need a shovel [header] and gloves.",
+        ],
+        "source_id": "wikihow~1",
+        "split": "val",
+        "split_type": "zeroshot",
+        "label": "2",
+    },
+    {
+        "ind": 30,
+        "activity_label": "Playing drums",
+        "ctx_a": "A boy is sitting behind a drum set.",
+        "ctx_b": "he",
+        "ctx": "",
+        "endings": [
+            "starts playing the drums.",
+            "eats a sandwich.",
+            "stands up and leaves.",
+            "plays the guitar loudly.",
+        ],
+        "source_id": "activitynet~v_x",
+        "split": "val",
+        "split_type": "indomain",
+        "label": "0",
+    },
 ]
 
 
@@ -55,12 +126,16 @@ def reference_setup(tmp_path_factory, data_dir):
         "mmlu": RefTask("dp_mmlu", f"mmlu/default/mmlu_{SUBJECT}.yaml", mmlu_files, {}),
         "mmlu_2shot": RefTask("dp_mmlu_2shot", f"mmlu/default/mmlu_{SUBJECT}.yaml", mmlu_files, {"num_fewshot": 2}),
         "mmlu_continuation": RefTask("dp_mmlu_continuation", f"mmlu/continuation/mmlu_{SUBJECT}.yaml", mmlu_files, {}),
-        "hellaswag": RefTask("dp_hellaswag", "hellaswag/hellaswag.yaml",
-                             {"validation": str(ours / "hellaswag/default/validation.jsonl")},
-                             {"validation_split": "validation", "test_split": None}),
+        "hellaswag": RefTask(
+            "dp_hellaswag",
+            "hellaswag/hellaswag.yaml",
+            {"validation": str(ours / "hellaswag/default/validation.jsonl")},
+            {"validation_split": "validation", "test_split": None},
+        ),
         "mathqa": RefTask("dp_mathqa", "mathqa/mathqa.yaml", {"test": str(data_dir / "mathqa/default/test.jsonl")}, {}),
-        "openbookqa": RefTask("dp_openbookqa", "openbookqa/openbookqa.yaml",
-                              {"test": str(data_dir / "openbookqa/main/test.jsonl")}, {}),
+        "openbookqa": RefTask(
+            "dp_openbookqa", "openbookqa/openbookqa.yaml", {"test": str(data_dir / "openbookqa/main/test.jsonl")}, {}
+        ),
     }
     yaml_dir = root / "yaml"
     yaml_dir.mkdir()
@@ -113,7 +188,9 @@ def test_agrees_with_lm_eval(agreement_run, task, ref_key, k, options, batch_siz
         tols = [loglikelihood_bound(ForwardShape.of(hf), scale, n, b) for n, b in zip(row.n_tokens, lls)]
         excess = [abs(a - b) - t for a, b, t in zip(row.loglikelihoods, lls, tols)]
         worst = max(worst, max(abs(a - b) for a, b in zip(row.loglikelihoods, lls)))
-        assert max(excess) <= 0, f"{model_name} {ref_key} doc {row.doc_id}: {row.loglikelihoods} vs {lls} (bounds {tols})"
+        assert max(excess) <= 0, (
+            f"{model_name} {ref_key} doc {row.doc_id}: {row.loglikelihoods} vs {lls} (bounds {tols})"
+        )
         assert list(row.is_greedy) == list(greedy)
         assert row.correct == bool(s["acc"]), f"doc {row.doc_id}: acc differs"
         if "acc_norm" in s:
@@ -121,5 +198,7 @@ def test_agrees_with_lm_eval(agreement_run, task, ref_key, k, options, batch_siz
         assert row.prediction == max(range(len(lls)), key=lambda j: (lls[j], -j))
     mean_acc = sum(float(s["acc"]) for s in ref) / len(ref)
     assert math.isclose(result.metrics["acc"], mean_acc)
-    print(f"{model_name} {ref_key} bs{batch_size}: max |Δll| = {worst:.2e}, max |ll| = "
-          f"{max(abs(x) for r in got.itertuples() for x in r.loglikelihoods):.1f}")
+    print(
+        f"{model_name} {ref_key} bs{batch_size}: max |Δll| = {worst:.2e}, max |ll| = "
+        f"{max(abs(x) for r in got.itertuples() for x in r.loglikelihoods):.1f}"
+    )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import depthprobe as dp
 from depthprobe.evaluation.loglikelihood import encode_pair, model_max_length
 from depthprobe.lm_eval_backend import DepthprobeLM, parse_interventions
-
 from tests.lm_eval_reference import RefTask, make_task_manager, write_jsonl, write_task_yaml
 from tests.tolerance import ForwardShape, loglikelihood_bound, text_logit_scale
 
@@ -35,18 +33,33 @@ def tasks(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("lm_eval_backend")
     gsm = [json.loads(line) for line in (data_dir / "gsm8k/main/test.jsonl").read_text().splitlines()[:LIMIT]]
     pages = [{"page": d["question"] + "\n" + d["answer"]} for d in gsm[:3]]
-    pages.append({"page": "\n\n".join(d["question"] + " " + d["answer"]
-                                      for d in map(json.loads, (data_dir / "gsm8k/main/train.jsonl")
-                                                   .read_text().splitlines()[:12]))})
+    pages.append(
+        {
+            "page": "\n\n".join(
+                d["question"] + " " + d["answer"]
+                for d in map(json.loads, (data_dir / "gsm8k/main/train.jsonl").read_text().splitlines()[:12])
+            )
+        }
+    )
     page_file = write_jsonl(root / "pages.jsonl", pages)
     specs = [
         RefTask(MC, "openbookqa/openbookqa.yaml", {"test": str(data_dir / "openbookqa/main/test.jsonl")}, {}),
         RefTask(ROLLING, "wikitext/wikitext.yaml", {"test": str(page_file)}, {}),
-        RefTask(GEN, "gsm8k/gsm8k.yaml", {"test": str(data_dir / "gsm8k/main/test.jsonl"),
-                                          "train": str(data_dir / "gsm8k/main/train.jsonl")},
-                {"num_fewshot": 0, "fewshot_config": None,
-                 "generation_kwargs": {"until": ["Question:", "</s>", "<|im_end|>", "\n\n"], "do_sample": False,
-                                       "temperature": 0.0, "max_gen_toks": 24}}),
+        RefTask(
+            GEN,
+            "gsm8k/gsm8k.yaml",
+            {"test": str(data_dir / "gsm8k/main/test.jsonl"), "train": str(data_dir / "gsm8k/main/train.jsonl")},
+            {
+                "num_fewshot": 0,
+                "fewshot_config": None,
+                "generation_kwargs": {
+                    "until": ["Question:", "</s>", "<|im_end|>", "\n\n"],
+                    "do_sample": False,
+                    "temperature": 0.0,
+                    "max_gen_toks": 24,
+                },
+            },
+        ),
     ]
     yaml_dir = root / "yaml"
     yaml_dir.mkdir()
@@ -58,8 +71,9 @@ def tasks(tmp_path_factory, data_dir):
 def _evaluate(lm, tm, tasks=(MC, ROLLING, GEN), **kw):
     from lm_eval import simple_evaluate
 
-    out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=tm, limit=LIMIT, log_samples=True,
-                          bootstrap_iters=0, **kw)
+    out = simple_evaluate(
+        model=lm, tasks=list(tasks), task_manager=tm, limit=LIMIT, log_samples=True, bootstrap_iters=0, **kw
+    )
     samples = {t: sorted(out["samples"][t], key=lambda s: (s["doc_id"], s.get("filter", ""))) for t in tasks}
     return out["results"], samples
 
@@ -82,8 +96,9 @@ def reference(model_path, tasks):
 @pytest.fixture(scope="module")
 def ours(model_path, tasks):
     """depthprobe by name through lm-eval's registry, as a user would call it."""
-    return _evaluate("depthprobe", tasks[1], model_args=f"pretrained={model_path},dtype=float32,device=cpu",
-                     batch_size=4)
+    return _evaluate(
+        "depthprobe", tasks[1], model_args=f"pretrained={model_path},dtype=float32,device=cpu", batch_size=4
+    )
 
 
 def _lls(sample):
@@ -120,8 +135,12 @@ def test_unablated_equals_lm_eval_hf_backend(reference, ours, model_path):
         assert s["resps"] == r["resps"] and s["filtered_resps"] == r["filtered_resps"]
         assert s["exact_match"] == r["exact_match"]
     assert sum(len(s["resps"][0][0]) for s in samples[GEN]) > 0, "every generation is empty"
-    for task, metric in ((MC, "acc,none"), (MC, "acc_norm,none"), (GEN, "exact_match,strict-match"),
-                         (GEN, "exact_match,flexible-extract")):
+    for task, metric in (
+        (MC, "acc,none"),
+        (MC, "acc_norm,none"),
+        (GEN, "exact_match,strict-match"),
+        (GEN, "exact_match,flexible-extract"),
+    ):
         assert results[task][metric] == ref_results[task][metric]
     for metric in ("word_perplexity,none", "byte_perplexity,none", "bits_per_byte,none"):
         assert results[ROLLING][metric] == pytest.approx(ref_results[ROLLING][metric], rel=1e-3)
@@ -146,8 +165,9 @@ def tiny(tiny_llama_dir):
 def test_interventions_equal_evaluate_under_ablate(tiny, tiny_llama_dir, tasks, data_dir, spec):
     """model_args interventions (space- or comma-separated) = depthprobe.evaluate under ablate; they change results."""
     _, tm = tasks
-    results, samples = _evaluate("depthprobe", tm, tasks=(MC,),
-                                 model_args=f"pretrained={tiny_llama_dir},interventions={spec}")
+    results, samples = _evaluate(
+        "depthprobe", tm, tasks=(MC,), model_args=f"pretrained={tiny_llama_dir},interventions={spec}"
+    )
     with dp.ablate(tiny, dp.skip_layer(1), dp.zero_head(2, 3)):
         ref = dp.evaluate(tiny, "openbookqa", limit=LIMIT, data_dir=data_dir)
     shape = ForwardShape.of(tiny)
@@ -166,20 +186,25 @@ def test_interventions_equal_evaluate_under_ablate(tiny, tiny_llama_dir, tasks, 
 
 def test_live_model_with_active_hooks_equals_model_args(tiny, tiny_llama_dir, tasks):
     _, tm = tasks
-    _, by_args = _evaluate("depthprobe", tm, tasks=(MC,), model_args=f"pretrained={tiny_llama_dir},interventions=group:L1G0")
+    _, by_args = _evaluate(
+        "depthprobe", tm, tasks=(MC,), model_args=f"pretrained={tiny_llama_dir},interventions=group:L1G0"
+    )
     with dp.ablate(tiny, dp.zero_kv_group(1, 0)):
         _, live = _evaluate(dp.lm_eval_model(tiny), tm, tasks=(MC,))
     _, passed = _evaluate(dp.lm_eval_model(tiny, interventions="group:L1G0"), tm, tasks=(MC,))
     assert [_lls(s) for s in live[MC]] == [_lls(s) for s in by_args[MC]] == [_lls(s) for s in passed[MC]]
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("head:L9H0", r"interventions: head:L9H0: layer 9 out of range; the model has layers 0\.\.2"),
-    ("group:L0G5", r"KV group 5 out of range; the model has groups 0\.\.1"),
-    ("bogus", r"interventions: bad intervention id 'bogus'.*valid forms: skip:L<l>.*head:L<l>H<h>"),
-    ("skip:L1 skip:Lx", r"interventions: bad skip id .*Lx.*valid forms"),
-    ("o_proj:L1", r"interventions: .*o_proj.*valid forms: .*o_proj:L<l>\[@<alpha>\]=<source path>"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("head:L9H0", r"interventions: head:L9H0: layer 9 out of range; the model has layers 0\.\.2"),
+        ("group:L0G5", r"KV group 5 out of range; the model has groups 0\.\.1"),
+        ("bogus", r"interventions: bad intervention id 'bogus'.*valid forms: skip:L<l>.*head:L<l>H<h>"),
+        ("skip:L1 skip:Lx", r"interventions: bad skip id .*Lx.*valid forms"),
+        ("o_proj:L1", r"interventions: .*o_proj.*valid forms: .*o_proj:L<l>\[@<alpha>\]=<source path>"),
+    ],
+)
 def test_bad_interventions_are_one_line(tiny, spec, message):
     with pytest.raises(ValueError, match=message) as err:
         DepthprobeLM(model=tiny, interventions=spec)
@@ -194,7 +219,10 @@ def test_bad_model_args(tiny_llama_dir, tiny):
     with pytest.raises(ValueError, match="must come from depthprobe.load_model"):
         DepthprobeLM(model=torch.nn.Linear(2, 2))
     assert [iv.id for iv in parse_interventions("skip:L0, head:L1H2  group:L2G1", tiny)] == [
-        "skip:L0", "head:L1H2", "group:L2G1"]
+        "skip:L0",
+        "head:L1H2",
+        "group:L2G1",
+    ]
 
 
 def test_result_cache_never_mixes_conditions(tiny_llama_dir, tasks, tmp_path):
@@ -205,14 +233,27 @@ def test_result_cache_never_mixes_conditions(tiny_llama_dir, tasks, tmp_path):
     again, _ = _evaluate("depthprobe", tm, tasks=(MC,), model_args=f"pretrained={tiny_llama_dir}", use_cache=cache)
     assert again[MC]["acc,none"] == base[MC]["acc,none"]
     with pytest.raises(ValueError, match="cache database was written under .*baseline.*skip:L0"):
-        _evaluate("depthprobe", tm, tasks=(MC,), model_args=f"pretrained={tiny_llama_dir},interventions=skip:L0",
-                  use_cache=cache)
+        _evaluate(
+            "depthprobe",
+            tm,
+            tasks=(MC,),
+            model_args=f"pretrained={tiny_llama_dir},interventions=skip:L0",
+            use_cache=cache,
+        )
 
 
 def test_run_sweep_over_an_lm_eval_task_equals_lm_eval_per_condition(tiny, tiny_llama_dir, tasks, tmp_path):
     yaml_dir, tm = tasks
-    df = dp.run_sweep(tiny, f"lm_eval:{MC}", "layers", out_dir=tmp_path / "run", limit=LIMIT, batch_size=4,
-                      progress=False, include_path=str(yaml_dir))
+    df = dp.run_sweep(
+        tiny,
+        f"lm_eval:{MC}",
+        "layers",
+        out_dir=tmp_path / "run",
+        limit=LIMIT,
+        batch_size=4,
+        progress=False,
+        include_path=str(yaml_dir),
+    )
     assert list(df["condition"]) == ["baseline", "skip:L0", "skip:L1", "skip:L2"]
     samples = dp.load_results(tmp_path / "run", samples=True)
     for cid in df["condition"]:
@@ -225,8 +266,16 @@ def test_run_sweep_over_an_lm_eval_task_equals_lm_eval_per_condition(tiny, tiny_
         for stored, s in zip(got["loglikelihoods"], ref[MC], strict=True):
             assert list(stored) == pytest.approx(_lls(s), rel=1e-9, abs=0)  # the same computation, stored as JSON
     assert df["delta_acc"].notna().all()
-    again = dp.run_sweep(tiny, f"lm_eval:{MC}", "layers", out_dir=tmp_path / "run", limit=LIMIT, batch_size=4,
-                         progress=False, include_path=str(yaml_dir))
+    again = dp.run_sweep(
+        tiny,
+        f"lm_eval:{MC}",
+        "layers",
+        out_dir=tmp_path / "run",
+        limit=LIMIT,
+        batch_size=4,
+        progress=False,
+        include_path=str(yaml_dir),
+    )
     assert again.equals(df)
 
 
@@ -242,10 +291,29 @@ def test_command_line_forwards_to_lm_eval(tiny_llama_dir, tasks, tmp_path):
     yaml_dir, _ = tasks
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "depthprobe", "lm-eval", "run", "--model", "depthprobe", "--model_args",
-         f"pretrained={tiny_llama_dir},interventions=skip:L1", "--tasks", MC, "--include_path", str(yaml_dir),
-         "--limit", "2", "--output_path", str(out)],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "depthprobe",
+            "lm-eval",
+            "run",
+            "--model",
+            "depthprobe",
+            "--model_args",
+            f"pretrained={tiny_llama_dir},interventions=skip:L1",
+            "--tasks",
+            MC,
+            "--include_path",
+            str(yaml_dir),
+            "--limit",
+            "2",
+            "--output_path",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     files = list(out.rglob("results_*.json"))
     assert len(files) == 1

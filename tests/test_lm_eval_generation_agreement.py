@@ -25,7 +25,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from depthprobe.evaluator import evaluate
 from depthprobe.models import load_model
 from depthprobe.tasks import get_task
-
 from tests.lm_eval_reference import RefTask, make_task_manager, run_lm_eval, write_jsonl, write_task_yaml
 
 LIMIT = 3
@@ -36,8 +35,12 @@ SUBJECT = "abstract_algebra"
 
 # The installed YAMLs' generation_kwargs with only the budget lowered (an ``include`` replaces
 # the whole mapping, so the rest is restated as lm-eval 0.4.13 has it).
-_GSM8K_GEN = {"until": ["Question:", "</s>", "<|im_end|>"], "do_sample": False, "temperature": 0.0,
-              "max_gen_toks": MAX_GEN_TOKS}
+_GSM8K_GEN = {
+    "until": ["Question:", "</s>", "<|im_end|>"],
+    "do_sample": False,
+    "temperature": 0.0,
+    "max_gen_toks": MAX_GEN_TOKS,
+}
 _COT_GEN = {"do_sample": False, "until": ["Q:", "</s>", "<|im_end|>"], "max_gen_toks": MAX_GEN_TOKS}
 _MMLU_GEN = {"until": ["</s>", "\n"], "max_gen_toks": MAX_GEN_TOKS}
 
@@ -89,14 +92,24 @@ def reference(tmp_path_factory, data_dir, tiny_llama_dir):
     mmlu_test = write_jsonl(root / "ref" / "mmlu_test.jsonl", _subject_docs(data_dir / "mmlu/all/test.jsonl"))
     mmlu_dev = write_jsonl(root / "ref" / "mmlu_dev.jsonl", _subject_docs(data_dir / "mmlu/all/dev.jsonl"))
     specs = {
-        "gsm8k_cot": RefTask("dp_gsm8k_cot", "gsm8k/gsm8k-cot.yaml",
-                             {"test": str(dirs["gsm8k_cot"] / "gsm8k/main/test.jsonl")},
-                             {"num_fewshot": 1, "generation_kwargs": _COT_GEN}),
-        "gsm8k": RefTask("dp_gsm8k", "gsm8k/gsm8k.yaml",
-                         {"test": str(dirs["gsm8k"] / "gsm8k/main/test.jsonl"), "train": str(gsm / "train.jsonl")},
-                         {"fewshot_split": "train", "generation_kwargs": _GSM8K_GEN}),
-        "mmlu_generative": RefTask("dp_mmlu_generative", f"mmlu/generative/mmlu_{SUBJECT}.yaml",
-                                   {"test": str(mmlu_test), "dev": str(mmlu_dev)}, {"generation_kwargs": _MMLU_GEN}),
+        "gsm8k_cot": RefTask(
+            "dp_gsm8k_cot",
+            "gsm8k/gsm8k-cot.yaml",
+            {"test": str(dirs["gsm8k_cot"] / "gsm8k/main/test.jsonl")},
+            {"num_fewshot": 1, "generation_kwargs": _COT_GEN},
+        ),
+        "gsm8k": RefTask(
+            "dp_gsm8k",
+            "gsm8k/gsm8k.yaml",
+            {"test": str(dirs["gsm8k"] / "gsm8k/main/test.jsonl"), "train": str(gsm / "train.jsonl")},
+            {"fewshot_split": "train", "generation_kwargs": _GSM8K_GEN},
+        ),
+        "mmlu_generative": RefTask(
+            "dp_mmlu_generative",
+            f"mmlu/generative/mmlu_{SUBJECT}.yaml",
+            {"test": str(mmlu_test), "dev": str(mmlu_dev)},
+            {"generation_kwargs": _MMLU_GEN},
+        ),
     }
     yaml_dir = root / "yaml"
     yaml_dir.mkdir()
@@ -104,8 +117,9 @@ def reference(tmp_path_factory, data_dir, tiny_llama_dir):
         write_task_yaml(yaml_dir, spec)
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation="eager").eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    samples, results = run_lm_eval(hf, tok, [s.name for s in specs.values()], make_task_manager(yaml_dir),
-                                   limit=LIMIT, batch_size=1)
+    samples, results = run_lm_eval(
+        hf, tok, [s.name for s in specs.values()], make_task_manager(yaml_dir), limit=LIMIT, batch_size=1
+    )
     return specs, dirs, samples, results, bridge
 
 
@@ -139,8 +153,16 @@ def test_generation_agrees_with_lm_eval(reference, task):
     k, options, filters = CASES[task]
     ref = _by_filter(samples[specs[task].name])
     assert sorted(ref) == sorted(filters)
-    result = evaluate(bridge, task, limit=LIMIT, num_fewshot=k, batch_size=BATCH_SIZE, data_dir=dirs[task],
-                      max_gen_toks=MAX_GEN_TOKS, **options)
+    result = evaluate(
+        bridge,
+        task,
+        limit=LIMIT,
+        num_fewshot=k,
+        batch_size=BATCH_SIZE,
+        data_dir=dirs[task],
+        max_gen_toks=MAX_GEN_TOKS,
+        **options,
+    )
     got = result.samples
     stops = list(get_task(task, **options).generation.until)
     assert list(got["doc_id"]) == list(range(LIMIT))
@@ -159,8 +181,7 @@ def test_generation_agrees_with_lm_eval(reference, task):
         mean = sum(float(s["exact_match"]) for s in ref[f]) / LIMIT
         assert math.isclose(result.metrics[f"exact_match,{f}"], mean)
         assert math.isclose(results[specs[task].name][f"exact_match,{f}"], mean)
-    print(f"{task}: generations {list(got['generation'])!r}, hit_stop {list(got['hit_stop'])}, "
-          f"stats {result.stats}")
+    print(f"{task}: generations {list(got['generation'])!r}, hit_stop {list(got['hit_stop'])}, stats {result.stats}")
     # something must actually be generated, or the comparison proves little
     assert sum(len(g) for g in got["generation"]) > 0, f"{task}: every generation is empty"
     if "flexible-extract" in filters:

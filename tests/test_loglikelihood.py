@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from depthprobe.evaluator import evaluate
 from depthprobe.evaluation.loglikelihood import encode_pair, model_max_length, score_choices
+from depthprobe.evaluator import evaluate
 from depthprobe.models import load_model
 
-from .tolerance import ForwardShape, loglikelihood_bound, logit_scale
+from .tolerance import ForwardShape, logit_scale, loglikelihood_bound
 
 REQUESTS = [
     ("Question: What is the capital of France?\nAnswer:", [" Paris", " London is big", " A", " 42 and 43"]),
@@ -21,8 +21,9 @@ REQUESTS = [
 
 @pytest.fixture(scope="module", params=["tiny_llama", "tiny_qwen3", "stories260K"])
 def models(request):
-    path = request.getfixturevalue({"tiny_llama": "tiny_llama_dir", "tiny_qwen3": "tiny_qwen3_dir",
-                                    "stories260K": "stories_dir"}[request.param])
+    path = request.getfixturevalue(
+        {"tiny_llama": "tiny_llama_dir", "tiny_qwen3": "tiny_qwen3_dir", "stories260K": "stories_dir"}[request.param]
+    )
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
     tok = AutoTokenizer.from_pretrained(path)
     return load_model(path, dtype="float32", device="cpu"), hf, tok
@@ -35,16 +36,16 @@ def naive_scores(forward, tok, context, continuation, max_length, with_bound_of=
     (``tests/tolerance.py``: its token count and the magnitude of the logits it reads).
     """
     ctx, cont = encode_pair(tok, context, continuation)
-    window = (ctx + cont)[-(max_length + 1):][:-1]
+    window = (ctx + cont)[-(max_length + 1) :][:-1]
     with torch.no_grad():
         logits = forward(torch.tensor([window]))
         logprobs = torch.log_softmax(logits, dim=-1)[0]
-    rows = logprobs[len(window) - len(cont):]
+    rows = logprobs[len(window) - len(cont) :]
     target = torch.tensor(cont)
     ll, greedy = rows.gather(1, target[:, None]).sum().item(), bool((rows.argmax(-1) == target).all())
     if with_bound_of is None:
         return ll, greedy
-    scale = logit_scale(logits[0, len(window) - len(cont):])
+    scale = logit_scale(logits[0, len(window) - len(cont) :])
     return ll, greedy, loglikelihood_bound(ForwardShape.of(with_bound_of), scale, len(cont), ll)
 
 
@@ -55,7 +56,11 @@ def test_encode_pair_matches_lm_eval(tiny_llama_dir, stories_dir):
         tok = AutoTokenizer.from_pretrained(path)
         hf = AutoModelForCausalLM.from_pretrained(path)
         lm = HFLM(pretrained=hf, tokenizer=tok, batch_size=1)
-        pairs = [(c, x) for c, conts in REQUESTS for x in conts] + [("Answer: ", "B"), ("x  \n", " y"), ("<s>Hi", " there")]
+        pairs = [(c, x) for c, conts in REQUESTS for x in conts] + [
+            ("Answer: ", "B"),
+            ("x  \n", " y"),
+            ("<s>Hi", " there"),
+        ]
         for context, continuation in pairs:
             assert encode_pair(tok, context, continuation) == tuple(map(list, lm._encode_pair(context, continuation)))
         assert model_max_length(hf, tok) == lm.max_length

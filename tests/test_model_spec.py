@@ -41,13 +41,19 @@ def test_a_spec_and_the_loaded_model_make_the_same_run(tiny_llama_dir: Path, tmp
     b = dp.load_results(tmp_path / "b", samples=True)
     assert list(a["loglikelihoods"]) == list(b["loglikelihoods"])
     ma, mb = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in "ab")
-    assert {k: ma[k] for k in ("model", "revision", "dtype", "device")} == \
-        {k: mb[k] for k in ("model", "revision", "dtype", "device")}
+    assert {k: ma[k] for k in ("model", "revision", "dtype", "device")} == {
+        k: mb[k] for k in ("model", "revision", "dtype", "device")
+    }
     # the loaded model resumes the spec's run directory (nothing left to do) and vice versa
     dp.run_sweep(bridge(tiny_llama_dir), "organism_openbook", "groups:2", out_dir=tmp_path / "a", **kw)
     with pytest.raises(ValueError, match="dtype"):
-        dp.run_sweep(dp.ModelSpec(tiny_llama_dir, dtype="bfloat16", device="cpu"), "organism_openbook", "groups:2",
-                     out_dir=tmp_path / "b", **kw)
+        dp.run_sweep(
+            dp.ModelSpec(tiny_llama_dir, dtype="bfloat16", device="cpu"),
+            "organism_openbook",
+            "groups:2",
+            out_dir=tmp_path / "b",
+            **kw,
+        )
 
 
 def test_bad_specs_and_executors_fail_in_one_line() -> None:
@@ -60,9 +66,11 @@ def test_bad_specs_and_executors_fail_in_one_line() -> None:
         dp.ModelSpec("")
     with pytest.raises(dp.ModelNotFoundError):
         dp.ModelSpec("/nonexistent/model").dims()
-    for kw, match in [({"num_workers": 0}, "num_workers must be an int > 0"),
-                      ({"num_gpus_per_worker": -1}, "num_gpus_per_worker must be a number >= 0"),
-                      ({"num_cpus_per_worker": 0}, "num_cpus_per_worker must be a number > 0")]:
+    for kw, match in [
+        ({"num_workers": 0}, "num_workers must be an int > 0"),
+        ({"num_gpus_per_worker": -1}, "num_gpus_per_worker must be a number >= 0"),
+        ({"num_cpus_per_worker": 0}, "num_cpus_per_worker must be a number > 0"),
+    ]:
         with pytest.raises(ValueError, match=match):
             dp.RayExecutor(**kw)
 
@@ -74,8 +82,22 @@ def test_the_cli_builds_the_ray_executor_it_is_asked_for() -> None:
 
     parser = argparse.ArgumentParser()
     add_executor_flags(parser)
-    ex = make_executor(parser.parse_args(["--executor", "ray", "--address", "auto", "--workers", "3",
-                                          "--gpus-per-worker", "1", "--cpus-per-worker", "4"]))
+    ex = make_executor(
+        parser.parse_args(
+            [
+                "--executor",
+                "ray",
+                "--address",
+                "auto",
+                "--workers",
+                "3",
+                "--gpus-per-worker",
+                "1",
+                "--cpus-per-worker",
+                "4",
+            ]
+        )
+    )
     assert isinstance(ex, dp.RayExecutor)
     assert (ex.address, ex.num_workers, ex.num_gpus_per_worker, ex.num_cpus_per_worker) == ("auto", 3, 1, 4)
     assert make_executor(parser.parse_args([])) is None

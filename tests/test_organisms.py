@@ -20,9 +20,9 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
 import depthprobe
+from depthprobe.evaluation.generation import generate_until
 from depthprobe.evaluation.metrics import choice_predictions
 from depthprobe.evaluation.tokenize import encode_pair
-from depthprobe.evaluation.generation import generate_until
 from depthprobe.interventions import skip_layer, zero_head, zero_kv_group
 from depthprobe.organisms import ORGANISMS, checkpoint_path, data
 from depthprobe.organisms.tokenizer import build_tokenizer
@@ -35,6 +35,7 @@ STOPS = ["Q:", "\n\n"]
 
 # ---------------------------------------------------------------------------------------
 # Independent scoring through the bridge.
+
 
 def _pad(rows: list[list[int]], pad: int) -> torch.Tensor:
     out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
@@ -113,6 +114,7 @@ def reasoning_accuracy(bridge: TransformerBridge, docs: list[dict]) -> float:
 # ---------------------------------------------------------------------------------------
 # Fixtures: the shipped checkpoints through TransformerLens, and measurements shared by tests.
 
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One torch thread: these models are too small to gain from two, and a second thread
@@ -158,6 +160,7 @@ def test_cached_generation_equals_recomputation(models):
 # ---------------------------------------------------------------------------------------
 # Format and architecture.
 
+
 @pytest.mark.parametrize("name", ORGANISMS)
 def test_checkpoint_is_small_llama_with_gqa(name):
     path = checkpoint_path(name)
@@ -193,6 +196,7 @@ def test_bridge_logits_equal_hugging_face(models):
 # ---------------------------------------------------------------------------------------
 # Tokenizer and data: the formats the evaluator relies on.
 
+
 def test_tokenizer_roundtrip_and_number_tokens(models):
     _, tok = models["organism-base"]
     for fn in (data.knowledge_docs, data.closedbook_docs, data.openbook_docs, data.retrieval_docs):
@@ -211,7 +215,9 @@ def test_tokenizer_roundtrip_and_number_tokens(models):
 
 def test_tokenizer_is_deterministic(tmp_path):
     tok = build_tokenizer(data.corpus_for_vocabulary(), tmp_path)
-    assert (tmp_path / "tokenizer.json").read_text() == (checkpoint_path("organism-base") / "tokenizer.json").read_text()
+    assert (tmp_path / "tokenizer.json").read_text() == (
+        checkpoint_path("organism-base") / "tokenizer.json"
+    ).read_text()
     assert len(tok) == len(AutoTokenizer.from_pretrained(str(checkpoint_path("organism-base"))))
 
 
@@ -299,6 +305,7 @@ def test_training_is_deterministic():
 # ---------------------------------------------------------------------------------------
 # Quality targets of issue 5, measured on the shipped checkpoints.
 
+
 def test_base_knowledge_multiple_choice(models):
     bridge, tok = models["organism-base"]
     acc = mc_accuracy(bridge, tok, data.knowledge_docs())
@@ -344,6 +351,7 @@ def test_zeroing_the_retrieval_layers_heads_collapses_retrieval(models, retrieva
 
 # ---------------------------------------------------------------------------------------
 # The planted retrieval circuit (organisms/train.py): what its heads attend to, read from the bridge.
+
 
 @torch.no_grad()
 def _pattern(bridge: TransformerBridge, tok, doc: dict, layer: int) -> torch.Tensor:
@@ -420,8 +428,8 @@ def test_head_outputs_sum_to_the_attention_output():
     per_head = sum(head_output(model, 1, h, z) for h in range(n_heads))
     # a float32 reduction of length K = H * d_head done in another order: within 2 sqrt(K) u of the
     # sum of the absolute terms (tests/tolerance.py), plus one rounding per added head
-    terms = (z.abs() @ o_proj.weight.abs().T)
-    bound = (2 * o_proj.in_features ** 0.5 + n_heads) * U32 * terms
+    terms = z.abs() @ o_proj.weight.abs().T
+    bound = (2 * o_proj.in_features**0.5 + n_heads) * U32 * terms
     assert ((per_head - o_proj(z)).abs() <= bound).all()
 
 

@@ -16,9 +16,19 @@ import pytest
 from depthprobe.plots import head_attribution, head_heatmap, layer_curves, o_proj_curves, save_figure
 from depthprobe.results import RunDir, load_results
 
-MANIFEST = {"model": "m", "revision": None, "dtype": "float32", "device": "cpu", "task": "t",
-            "task_options": {}, "protocol": "loglikelihood", "num_fewshot": 0, "seed": None, "limit": None,
-            "max_gen_toks": None}
+MANIFEST = {
+    "model": "m",
+    "revision": None,
+    "dtype": "float32",
+    "device": "cpu",
+    "task": "t",
+    "task_options": {},
+    "protocol": "loglikelihood",
+    "num_fewshot": 0,
+    "seed": None,
+    "limit": None,
+    "max_gen_toks": None,
+}
 
 
 def store(tmp_path: Path, name: str, rows: list[tuple[str, dict, dict]], **manifest) -> pd.DataFrame:
@@ -29,8 +39,13 @@ def store(tmp_path: Path, name: str, rows: list[tuple[str, dict, dict]], **manif
 
 
 def info(kind, layers, index=None):
-    return {"kind": kind, "layer": min(layers), "layer_max": max(layers), "index": index,
-            "n_interventions": len(layers)}
+    return {
+        "kind": kind,
+        "layer": min(layers),
+        "layer_max": max(layers),
+        "index": index,
+        "n_interventions": len(layers),
+    }
 
 
 BASE = ("baseline", {"kind": "baseline", "layer": None, "layer_max": None, "index": None, "n_interventions": 0})
@@ -48,14 +63,21 @@ def test_layer_curves_plot_the_values(tmp_path: Path) -> None:
     gen = layer_run(tmp_path, "mmlu_generative", [0.1, 0.3, 0.2, 0.9])
     fig = layer_curves({"loglikelihood": ll, "generative": gen}, metrics=("acc", "acc_norm"))
     traces = list(fig.data)
-    assert [t.name for t in traces[::2]] == ["loglikelihood acc", "loglikelihood acc_norm",
-                                             "generative acc", "generative acc_norm"]
-    for t_abs, t_delta, (df, metric) in zip(traces[::2], traces[1::2],
-                                            [(ll, "acc"), (ll, "acc_norm"), (gen, "acc"), (gen, "acc_norm")]):
+    assert [t.name for t in traces[::2]] == [
+        "loglikelihood acc",
+        "loglikelihood acc_norm",
+        "generative acc",
+        "generative acc_norm",
+    ]
+    for t_abs, t_delta, (df, metric) in zip(
+        traces[::2], traces[1::2], [(ll, "acc"), (ll, "acc_norm"), (gen, "acc"), (gen, "acc_norm")]
+    ):
         rows = df[(df["kind"] == "skip") & (df["n_interventions"] == 1)].sort_values("layer")
         assert list(t_abs.x) == [0, 1, 2, 3] == list(t_delta.x)
         assert list(t_abs.y) == rows[metric].tolist()
-        assert list(t_delta.y) == pytest.approx((rows[metric] - df.loc[df["condition"] == "baseline", metric].iloc[0]).tolist())
+        assert list(t_delta.y) == pytest.approx(
+            (rows[metric] - df.loc[df["condition"] == "baseline", metric].iloc[0]).tolist()
+        )
     assert list(traces[1].y) == pytest.approx([0.25 - 0.8, 0.5 - 0.8, 0.75 - 0.8, 0.6 - 0.8])
     assert {s.y0 for s in fig.layout.shapes if s.line.dash == "dot"} == {0.8, 0.7}
     with pytest.raises(ValueError, match="missing column"):
@@ -89,15 +111,21 @@ def test_head_attribution_bars_by_group(tmp_path: Path) -> None:
 def test_o_proj_curves(tmp_path: Path) -> None:
     n = 4
     per = [(BASE[0], BASE[1], {"acc": 0.5})] + [
-        (f"o_proj:L{l}", info("o_proj", [l]), {"acc": 0.5 + 0.1 * l}) for l in range(n)]
+        (f"o_proj:L{l}", info("o_proj", [l]), {"acc": 0.5 + 0.1 * l}) for l in range(n)
+    ]
     acc = [(BASE[0], BASE[1], {"acc": 0.5})] + [
         ("+".join(f"o_proj:L{j}" for j in range(k + 1)), info("o_proj", list(range(k + 1))), {"acc": 0.4 - 0.1 * k})
-        for k in range(n)]
+        for k in range(n)
+    ]
     rev = [(BASE[0], BASE[1], {"acc": 0.5})] + [
         ("+".join(f"o_proj:L{j}" for j in range(k, n)), info("o_proj", list(range(k, n))), {"acc": 0.05 * k})
-        for k in reversed(range(n))]
-    frames = {"per_layer": store(tmp_path, "p", per), "accumulative": store(tmp_path, "a", acc),
-              "reverse": store(tmp_path, "r", rev)}
+        for k in reversed(range(n))
+    ]
+    frames = {
+        "per_layer": store(tmp_path, "p", per),
+        "accumulative": store(tmp_path, "a", acc),
+        "reverse": store(tmp_path, "r", rev),
+    }
     fig = o_proj_curves(frames)
     by_name = {t.name: t for t in fig.data}
     assert list(by_name["per_layer"].x) == [0, 1, 2, 3]
@@ -113,7 +141,7 @@ def test_save_figure_html_always_png_or_one_warning(tmp_path: Path, capfd) -> No
     written = save_figure(fig, tmp_path / "figs" / "curve")
     html = (tmp_path / "figs" / "curve.html").read_text()
     assert written[0].name == "curve.html"
-    assert "3.14159" in html and "plotly.js" in html.lower() and "<script src=\"http" not in html
+    assert "3.14159" in html and "plotly.js" in html.lower() and '<script src="http' not in html
     err = capfd.readouterr().err
     if len(written) == 2:
         assert (tmp_path / "figs" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,7 +157,8 @@ def test_error_bars_are_the_paired_intervals(tmp_path: Path) -> None:
     per_head = {h: [int(v and (i + h) % 3 != 0) for i, v in enumerate(base)] for h in range(4)}
     run = RunDir(tmp_path / "eb", MANIFEST)
     for cid, values, meta in [("baseline", base, BASE[1])] + [
-            (f"head:L{l}H{h}", v, info("head", [l], h)) for l in (0, 1) for h, v in per_head.items()]:
+        (f"head:L{l}H{h}", v, info("head", [l], h)) for l in (0, 1) for h, v in per_head.items()
+    ]:
         samples = pd.DataFrame({"doc_id": range(len(values)), "correct": [bool(x) for x in values]})
         run.write(cid, {"acc": sum(values) / len(values)}, samples, **meta)
     df = load_results(tmp_path / "eb")
@@ -145,8 +174,19 @@ def test_error_bars_are_the_paired_intervals(tmp_path: Path) -> None:
     assert list(bar.error_y.array) == pytest.approx((rows["delta_acc_ci_high"] - rows["delta_acc"]).tolist())
     (hm,) = head_heatmap(df).data
     assert hm.text[1][2] == "95% CI [{:+.3f}, {:+.3f}]".format(
-        *rows.loc[rows["condition"] == "head:L1H2", ["delta_acc_ci_low", "delta_acc_ci_high"]].iloc[0])
+        *rows.loc[rows["condition"] == "head:L1H2", ["delta_acc_ci_low", "delta_acc_ci_high"]].iloc[0]
+    )
     # without per-document samples there is nothing to draw, and no bar pretends otherwise
-    assert head_attribution(store(tmp_path, "nosamples", [(BASE[0], BASE[1], {"acc": 0.9}),
-                                                         ("head:L0H0", info("head", [0], 0), {"acc": 0.5})]),
-                            0).data[0].error_y.array is None
+    assert (
+        head_attribution(
+            store(
+                tmp_path,
+                "nosamples",
+                [(BASE[0], BASE[1], {"acc": 0.9}), ("head:L0H0", info("head", [0], 0), {"acc": 0.5})],
+            ),
+            0,
+        )
+        .data[0]
+        .error_y.array
+        is None
+    )

@@ -38,9 +38,15 @@ def test_the_organisms_campaign_runs_on_ray_and_resumes(ray_executor, tmp_path: 
         assert Path(manifest["model"]).name == s.model_name
 
     # a log-likelihood and a generation sweep, each equal to the same sweep run in this process
-    picks = [s for s in plan if (s.model_name, s.task, s.grid, s.num_fewshot) in {
-        ("organism-base", "organism_retrieval", "heads:1", None),
-        ("organism-distilled", "organism_closedbook_generative", "layers", None)}]
+    picks = [
+        s
+        for s in plan
+        if (s.model_name, s.task, s.grid, s.num_fewshot)
+        in {
+            ("organism-base", "organism_retrieval", "heads:1", None),
+            ("organism-distilled", "organism_closedbook_generative", "layers", None),
+        }
+    ]
     assert len(picks) == 2
     for s in picks:
         local_dir = tmp_path / "local" / s.out_dir.relative_to(root)

@@ -60,28 +60,50 @@ def _same_run(ray_dir: Path, local_dir: Path, metrics: list[str], sample_cols: l
 
 def test_loglikelihood_sweep_equals_in_process(executor, tiny_qwen3_dir: Path, tmp_path: Path) -> None:
     spec = dp.ModelSpec(tiny_qwen3_dir, device="cpu")
-    local = dp.run_sweep(bridge(tiny_qwen3_dir), "organism_openbook", "heads:1", out_dir=tmp_path / "local",
-                         chunk=2, **LL_KW)
-    remote = dp.run_sweep(spec, "organism_openbook", "heads:1", out_dir=tmp_path / "ray", chunk=2,
-                          executor=executor, **LL_KW)
+    local = dp.run_sweep(
+        bridge(tiny_qwen3_dir), "organism_openbook", "heads:1", out_dir=tmp_path / "local", chunk=2, **LL_KW
+    )
+    remote = dp.run_sweep(
+        spec, "organism_openbook", "heads:1", out_dir=tmp_path / "ray", chunk=2, executor=executor, **LL_KW
+    )
     assert list(remote["condition"]) == ["baseline"] + [f"head:L1H{h}" for h in range(4)]
-    _same_run(tmp_path / "ray", tmp_path / "local", ["acc", "acc_norm", "acc_token_norm"],
-              ["loglikelihoods", "is_greedy", "prediction"])
+    _same_run(
+        tmp_path / "ray",
+        tmp_path / "local",
+        ["acc", "acc_norm", "acc_token_norm"],
+        ["loglikelihoods", "is_greedy", "prediction"],
+    )
     ls = dp.load_results(tmp_path / "local", samples=True)
-    assert ls[ls["condition"] == "head:L1H2"]["loglikelihoods"].tolist() != \
-        ls[ls["condition"] == "baseline"]["loglikelihoods"].tolist()  # the conditions really differ
+    assert (
+        ls[ls["condition"] == "head:L1H2"]["loglikelihoods"].tolist()
+        != ls[ls["condition"] == "baseline"]["loglikelihoods"].tolist()
+    )  # the conditions really differ
     workers = executor.workers()
     assert len({w["pid"] for w in workers}) == 2 and all(w["model"] == str(spec) for w in workers)
     # resuming sends nothing to the workers; a loaded model is described for them by its path
     units = executor.stats["units"]
-    dp.run_sweep(bridge(tiny_qwen3_dir), "organism_openbook", "heads:1", out_dir=tmp_path / "ray", chunk=2,
-                 executor=executor, **LL_KW)
+    dp.run_sweep(
+        bridge(tiny_qwen3_dir),
+        "organism_openbook",
+        "heads:1",
+        out_dir=tmp_path / "ray",
+        chunk=2,
+        executor=executor,
+        **LL_KW,
+    )
     assert executor.stats["units"] == units
 
 
 def test_gpu_placement_each_worker_its_own_device(executor, tiny_qwen3_dir: Path, tmp_path: Path) -> None:
-    dp.run_sweep(dp.ModelSpec(tiny_qwen3_dir, device="cpu"), "organism_openbook", [[dp.skip_layer(0)]],
-                 out_dir=tmp_path / "run", chunk=1, executor=executor, **LL_KW)
+    dp.run_sweep(
+        dp.ModelSpec(tiny_qwen3_dir, device="cpu"),
+        "organism_openbook",
+        [[dp.skip_layer(0)]],
+        out_dir=tmp_path / "run",
+        chunk=1,
+        executor=executor,
+        **LL_KW,
+    )
     workers = executor.workers()
     devices = sorted(w["cuda_visible_devices"] for w in workers)
     assert devices == ["0", "1"]
@@ -91,27 +113,53 @@ def test_gpu_placement_each_worker_its_own_device(executor, tiny_qwen3_dir: Path
 
 def test_generation_sweep_equals_in_process(executor, tmp_path: Path) -> None:
     conditions = [[dp.skip_layer(3)], [dp.zero_head(3, 5)]]
-    local = dp.run_sweep(bridge(Path(dp.list_models()["organism-base"])), "organism_reasoning", conditions,
-                         out_dir=tmp_path / "local", **GEN_KW)
+    local = dp.run_sweep(
+        bridge(Path(dp.list_models()["organism-base"])),
+        "organism_reasoning",
+        conditions,
+        out_dir=tmp_path / "local",
+        **GEN_KW,
+    )
     shards = executor.stats["shards"]
-    dp.run_sweep(dp.ModelSpec("organism-base", device="cpu"), "organism_reasoning", conditions,
-                 out_dir=tmp_path / "ray", executor=executor, **GEN_KW)
+    dp.run_sweep(
+        dp.ModelSpec("organism-base", device="cpu"),
+        "organism_reasoning",
+        conditions,
+        out_dir=tmp_path / "ray",
+        executor=executor,
+        **GEN_KW,
+    )
     assert executor.stats["shards"] == shards  # 3 conditions on 2 workers: whole conditions
-    _same_run(tmp_path / "ray", tmp_path / "local", ["exact_match,strict-match", "exact_match,flexible-extract"],
-              ["generation", "exact_match", "n_generated_tokens"])
+    _same_run(
+        tmp_path / "ray",
+        tmp_path / "local",
+        ["exact_match,strict-match", "exact_match,flexible-extract"],
+        ["generation", "exact_match", "n_generated_tokens"],
+    )
     gens = dp.load_results(tmp_path / "local", samples=True).groupby("condition")["generation"].apply(list)
     assert gens["skip:L3"] != gens["baseline"] != gens["head:L3H5"]  # the conditions really differ
 
 
 def test_generation_with_fewer_conditions_than_workers_is_sharded(executor, tmp_path: Path) -> None:
-    local = dp.run_sweep(bridge(Path(dp.list_models()["organism-base"])), "organism_reasoning", [],
-                         out_dir=tmp_path / "local", **GEN_KW)
+    local = dp.run_sweep(
+        bridge(Path(dp.list_models()["organism-base"])), "organism_reasoning", [], out_dir=tmp_path / "local", **GEN_KW
+    )
     shards = executor.stats["shards"]
-    dp.run_sweep(dp.ModelSpec("organism-base", device="cpu"), "organism_reasoning", [], out_dir=tmp_path / "ray",
-                 executor=executor, **GEN_KW)
+    dp.run_sweep(
+        dp.ModelSpec("organism-base", device="cpu"),
+        "organism_reasoning",
+        [],
+        out_dir=tmp_path / "ray",
+        executor=executor,
+        **GEN_KW,
+    )
     assert executor.stats["shards"] == shards + 2  # the baseline in two document shards, merged once
-    _same_run(tmp_path / "ray", tmp_path / "local", ["exact_match,strict-match", "exact_match_stderr,strict-match"],
-              ["generation", "exact_match", "n_generated_tokens", "prompt"])
+    _same_run(
+        tmp_path / "ray",
+        tmp_path / "local",
+        ["exact_match,strict-match", "exact_match_stderr,strict-match"],
+        ["generation", "exact_match", "n_generated_tokens", "prompt"],
+    )
     assert len(local) == 1
 
 
@@ -119,8 +167,9 @@ def _many_conditions() -> list[list[dp.Intervention]]:
     return [[dp.skip_layer(layer)] for layer in range(3)] + [[dp.zero_head(2, h)] for h in range(4)]
 
 
-def test_a_worker_killed_mid_run_loses_and_doubles_nothing(executor, many_local: Path, tiny_qwen3_dir: Path,
-                                                           tmp_path: Path) -> None:
+def test_a_worker_killed_mid_run_loses_and_doubles_nothing(
+    executor, many_local: Path, tiny_qwen3_dir: Path, tmp_path: Path
+) -> None:
     conditions = _many_conditions()
     local = dp.load_results(many_local)
     run_dir = tmp_path / "ray"
@@ -161,13 +210,19 @@ print("finished")
 """
 
 
-def test_a_killed_driver_resumes_to_the_in_process_result(executor, ray_cluster, many_local: Path,
-                                                          tiny_qwen3_dir: Path, tmp_path: Path) -> None:
+def test_a_killed_driver_resumes_to_the_in_process_result(
+    executor, ray_cluster, many_local: Path, tiny_qwen3_dir: Path, tmp_path: Path
+) -> None:
     conditions = _many_conditions()
     local = dp.load_results(many_local)
     run_dir = tmp_path / "ray"
-    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, ray_cluster, str(tiny_qwen3_dir), str(run_dir)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DRIVER, ray_cluster, str(tiny_qwen3_dir), str(run_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 90
     while len(_files(run_dir)) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -177,7 +232,14 @@ def test_a_killed_driver_resumes_to_the_in_process_result(executor, ray_cluster,
     assert 3 <= done < len(local), output[-2000:]  # killed mid-run, with work stored
     assert not list((run_dir / "conditions").glob(".*tmp"))  # nothing half written is left looking complete
     units = executor.stats["units"]
-    dp.run_sweep(dp.ModelSpec(tiny_qwen3_dir, device="cpu"), "organism_openbook", conditions, out_dir=run_dir,
-                 chunk=1, executor=executor, **LL_KW)
+    dp.run_sweep(
+        dp.ModelSpec(tiny_qwen3_dir, device="cpu"),
+        "organism_openbook",
+        conditions,
+        out_dir=run_dir,
+        chunk=1,
+        executor=executor,
+        **LL_KW,
+    )
     assert executor.stats["units"] - units == len(local) - done  # only what was missing was run
     _same_run(run_dir, many_local, ["acc", "acc_norm"], ["loglikelihoods"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import depthprobe as dp
-from depthprobe import results as results_mod
+from depthprobe.results import rundir as results_mod
 from depthprobe.results import ManifestMismatchError, RunDir, build_manifest, load_results
 from depthprobe.sweep import condition_id, condition_logits, head_grid, layer_grid, sweep_conditions
 
@@ -96,8 +96,9 @@ def test_resume_skips_finished_and_counts_nothing_twice(model, tmp_path: Path) -
     assert calls == ran == ["skip:L2"]
     df = load_results(tmp_path)
     assert list(df["condition"]) == ["baseline", "skip:L0", "skip:L1", "skip:L2"]
-    pd.testing.assert_frame_equal(df.iloc[:3].drop(columns="delta_ll"), first.drop(columns="delta_ll"),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        df.iloc[:3].drop(columns="delta_ll"), first.drop(columns="delta_ll"), check_dtype=False
+    )
     calls.clear()
     assert sweep_conditions(RunDir(tmp_path, manifest(model)), layer_grid(model), fn, progress=False) == []
     assert calls == []

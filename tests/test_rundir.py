@@ -24,7 +24,7 @@ from depthprobe import hashing
 from depthprobe.data import DataFormatError
 from depthprobe.evaluator import TruncationWarning
 from depthprobe.organisms import CHECKPOINTS_DIR
-from depthprobe.results import DamagedRunError, ManifestMismatchError, RunDir, build_manifest, load_results
+from depthprobe.results import DamagedRunError, ManifestMismatchError, load_results
 from depthprobe.sweep import run_sweep
 
 ORGANISM = CHECKPOINTS_DIR / "organism-base"
@@ -37,8 +37,15 @@ def tiny(tiny_llama_dir: Path):
 
 def sweep(model, out: Path, **kw):
     kw.setdefault("limit", 3)
-    return run_sweep(model, kw.pop("task", "organism_knowledge"), kw.pop("grid", "layers"), out_dir=out,
-                     batch_size=4, progress=False, **kw)
+    return run_sweep(
+        model,
+        kw.pop("task", "organism_knowledge"),
+        kw.pop("grid", "layers"),
+        out_dir=out,
+        batch_size=4,
+        progress=False,
+        **kw,
+    )
 
 
 def condition_files(run: Path) -> list[Path]:
@@ -64,8 +71,9 @@ def test_truncated_condition_file_is_named_moved_aside_and_recomputed(tiny, tmp_
     pd.testing.assert_frame_equal(again.drop(columns="wall_s"), before.drop(columns="wall_s"))
 
 
-@pytest.mark.parametrize("content,problem", [("{not json", "not valid JSON"), ("[1, 2]", "JSON list, not an object"),
-                                             ("", "not valid JSON")])
+@pytest.mark.parametrize(
+    "content,problem", [("{not json", "not valid JSON"), ("[1, 2]", "JSON list, not an object"), ("", "not valid JSON")]
+)
 def test_damaged_manifest_is_one_line_naming_the_file(tiny, tmp_path: Path, content: str, problem: str) -> None:
     run = tmp_path / "run"
     sweep(tiny, run, grid=[[dp.skip_layer(0)]])
@@ -110,13 +118,16 @@ def test_rewritten_manifest_does_not_relabel_results(tiny, tmp_path: Path) -> No
 # Finding 5: validate first, then write.
 
 
-@pytest.mark.parametrize("bad,message", [
-    (dict(limit=0), "limit must be a positive integer"),
-    (dict(limit=-3), "limit must be a positive integer number of documents, got -3"),
-    (dict(num_fewshot=99, task="organism_reasoning"), "num_fewshot=99 exceeds the 8 few-shot examples"),
-    (dict(grid="heads:9"), r"layer 9 out of range; the model has layers 0\.\.2"),
-    (dict(task="organism_knowlege"), "unknown task 'organism_knowlege'; did you mean 'organism_knowledge'"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(limit=0), "limit must be a positive integer"),
+        (dict(limit=-3), "limit must be a positive integer number of documents, got -3"),
+        (dict(num_fewshot=99, task="organism_reasoning"), "num_fewshot=99 exceeds the 8 few-shot examples"),
+        (dict(grid="heads:9"), r"layer 9 out of range; the model has layers 0\.\.2"),
+        (dict(task="organism_knowlege"), "unknown task 'organism_knowlege'; did you mean 'organism_knowledge'"),
+    ],
+)
 def test_refused_command_writes_nothing_and_does_not_block_the_corrected_one(tiny, tmp_path: Path, bad, message):
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=message):
@@ -127,18 +138,26 @@ def test_refused_command_writes_nothing_and_does_not_block_the_corrected_one(tin
 
 
 def test_plain_hugging_face_model_is_refused_with_what_to_pass(tiny, tmp_path: Path) -> None:
-    for call in (lambda: dp.evaluate(tiny.original_model, "organism_knowledge", limit=2),
-                 lambda: sweep(tiny.original_model, tmp_path / "run")):
-        with pytest.raises(TypeError, match=r"needs a model from depthprobe\.load_model .* got a "
-                                            r"transformers\.models\.llama\.modeling_llama\.LlamaForCausalLM; "
-                                            r"pass dp\.load_model\('<model directory or hub id>'\) instead"):
+    for call in (
+        lambda: dp.evaluate(tiny.original_model, "organism_knowledge", limit=2),
+        lambda: sweep(tiny.original_model, tmp_path / "run"),
+    ):
+        with pytest.raises(
+            TypeError,
+            match=r"needs a model from depthprobe\.load_model .* got a "
+            r"transformers\.models\.llama\.modeling_llama\.LlamaForCausalLM; "
+            r"pass dp\.load_model\('<model directory or hub id>'\) instead",
+        ):
             call()
     assert not (tmp_path / "run").exists()
 
 
 def test_load_model_of_a_file_names_the_directory_to_pass(tmp_path: Path) -> None:
-    with pytest.raises(dp.ModelNotFoundError, match=r"model\.safetensors is a file; pass the model directory .*"
-                                                    r"organism-base"):
+    with pytest.raises(
+        dp.ModelNotFoundError,
+        match=r"model\.safetensors is a file; pass the model directory .*"
+        r"organism-base",
+    ):
         dp.load_model(ORGANISM / "model.safetensors")
 
 
@@ -151,8 +170,10 @@ SUBJECT = "abstract_algebra"
 def write_mmlu(root: Path, n: int = 6, *, reverse: bool = False, lines: list[str] | None = None) -> Path:
     folder = root / "mmlu" / "all"
     folder.mkdir(parents=True)
-    docs = [{"question": f"What is {i} + {i}?", "subject": SUBJECT, "choices": [str(2 * i), str(i), "7", "x"],
-             "answer": 0} for i in range(n)]
+    docs = [
+        {"question": f"What is {i} + {i}?", "subject": SUBJECT, "choices": [str(2 * i), str(i), "7", "x"], "answer": 0}
+        for i in range(n)
+    ]
     if reverse:
         docs.reverse()
     text = lines if lines is not None else [json.dumps(d) for d in docs]
@@ -188,8 +209,11 @@ def test_malformed_and_incomplete_records_name_file_line_and_field(tiny, tmp_pat
         dp.evaluate(tiny, "mmlu", data_dir=bad_json, num_fewshot=0)
     no_answer = write_mmlu(tmp_path / "b", lines=[good, "", good.replace('"answer": 1', '"answr": 1')])
     path = no_answer / "mmlu" / "all" / "test.jsonl"
-    with pytest.raises(DataFormatError, match=rf"^{path}:3: the record has no field 'answer', which task 'mmlu' "
-                                              r"needs; the record has: answr, choices, question, subject$"):
+    with pytest.raises(
+        DataFormatError,
+        match=rf"^{path}:3: the record has no field 'answer', which task 'mmlu' "
+        r"needs; the record has: answr, choices, question, subject$",
+    ):
         dp.evaluate(tiny, "mmlu", data_dir=no_answer, num_fewshot=0)
     assert not (tmp_path / "run").exists()
     with pytest.raises(DataFormatError, match=rf"{path}:3: the record has no field 'answer'"):
@@ -254,8 +278,9 @@ def test_left_truncation_is_warned_counted_and_titled(tiny, tmp_path: Path) -> N
     from depthprobe.plots import layer_curves
     from depthprobe.tiny import make_tiny_model
 
-    short = dp.load_model(make_tiny_model(tmp_path / "short", arch="llama", n_layers=2, seed=0,
-                                          max_position_embeddings=48))
+    short = dp.load_model(
+        make_tiny_model(tmp_path / "short", arch="llama", n_layers=2, seed=0, max_position_embeddings=48)
+    )
     data = write_mmlu(tmp_path / "data")
     with pytest.warns(TruncationWarning, match=r"mmlu: 3 of 3 prompts were longer than the model's 48 positions"):
         df = sweep(short, tmp_path / "run", task="mmlu", data_dir=data, num_fewshot=5)
@@ -291,8 +316,13 @@ def test_run_directory_of_an_older_depthprobe_is_refused_by_name(tiny, tmp_path:
 def test_a_record_that_process_docs_cannot_read_is_named(tiny, tmp_path: Path) -> None:
     folder = tmp_path / "data" / "hellaswag" / "default"
     folder.mkdir(parents=True)
-    doc = {"activity_label": "Cooking", "ctx_a": "She cracks an egg.", "ctx_b": "then she", "label": "0",
-           "endings": ["fries it.", "sings.", "sleeps.", "runs."]}
+    doc = {
+        "activity_label": "Cooking",
+        "ctx_a": "She cracks an egg.",
+        "ctx_b": "then she",
+        "label": "0",
+        "endings": ["fries it.", "sings.", "sleeps.", "runs."],
+    }
     broken = {k: v for k, v in doc.items() if k != "ctx_b"}
     (folder / "validation.jsonl").write_text("\n".join(json.dumps(d) for d in (doc, doc, broken)) + "\n")
     with pytest.raises(DataFormatError, match=rf"^{folder / 'validation.jsonl'}:3: the record has no field 'ctx_b'"):

@@ -22,16 +22,45 @@ RUN = ("organism-base", "sweep", "organism_knowledge", "heads_3")
 N_CONDITIONS = 9  # baseline + 8 heads of layer 3
 
 
-def start(out: Path, log: Path, *args: str, task: str = "organism_knowledge", grid: str = "heads:3",
-          limit: int = 4) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "depthprobe", "sweep", "--model", "organism-base", "--task", task, "--grid", grid,
-           "--limit", str(limit), "--out", str(out), "--no-progress", "--batch-size", "8", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+def start(
+    out: Path, log: Path, *args: str, task: str = "organism_knowledge", grid: str = "heads:3", limit: int = 4
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "depthprobe",
+        "sweep",
+        "--model",
+        "organism-base",
+        "--task",
+        task,
+        "--grid",
+        grid,
+        "--limit",
+        str(limit),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--batch-size",
+        "8",
+        *args,
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     # a shell's background job (`make test &`, nohup) ignores SIGINT, and Python keeps an ignored SIGINT
     # ignored: the child gets the default disposition back, so it reacts to Ctrl-C as in a terminal
-    return subprocess.Popen(cmd, env=env, stdout=open(log.with_suffix(".out"), "w"), stderr=open(log, "w"),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=open(log.with_suffix(".out"), "w"),
+        stderr=open(log, "w"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for(condition, what: str, timeout: float = 120.0) -> None:
@@ -58,13 +87,17 @@ def test_processes_share_one_run_directory_and_other_settings_are_refused_at_onc
         same = [start(out, tmp_path / f"same{i}.err") for i in range(2)]
         wait_for(lambda: (run / "manifest.json").is_file(), "the first sweep to write its manifest")
         waiting = "another process is writing"
-        wait_for(lambda: all(waiting in (tmp_path / f"same{i}.err").read_text() for i in range(2)),
-                 "both sweeps to wait for the lock")
+        wait_for(
+            lambda: all(waiting in (tmp_path / f"same{i}.err").read_text() for i in range(2)),
+            "both sweeps to wait for the lock",
+        )
         other = start(out, tmp_path / "other.err", limit=2)
         assert other.wait(timeout=120) == 2  # refused while the writer still holds the directory
         err = (tmp_path / "other.err").read_text().strip().splitlines()
-        assert err == [f"depthprobe: error: {run} holds a run with limit=4, but this command has limit=2; "
-                       f"use another output directory to keep both"]
+        assert err == [
+            f"depthprobe: error: {run} holds a run with limit=4, but this command has limit=2; "
+            f"use another output directory to keep both"
+        ]
         assert all(p.poll() is None for p in same) and files(run) == []  # still waiting, nothing written
     finally:
         lock.release()
@@ -90,5 +123,7 @@ def test_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path: Path) -> None:
     saved = len(files(run))
     assert 1 <= saved < 5
     err = (tmp_path / "sweep.err").read_text().strip().splitlines()
-    assert err == [f"depthprobe: interrupted; {saved} condition(s) are saved in {run}; run the same command again "
-                   f"to resume (saved conditions are not recomputed)"]
+    assert err == [
+        f"depthprobe: interrupted; {saved} condition(s) are saved in {run}; run the same command again "
+        f"to resume (saved conditions are not recomputed)"
+    ]

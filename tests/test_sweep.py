@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 import depthprobe as dp
 from depthprobe import sweep
 from depthprobe.interventions import o_proj_accumulative, o_proj_per_layer, o_proj_reverse
+from depthprobe.results import load_results
 from depthprobe.sweep import (
     block_grid,
     condition_id,
@@ -29,7 +30,6 @@ from depthprobe.sweep import (
     parse_grid,
     run_sweep,
 )
-from depthprobe.results import load_results
 
 from .bridges import bridge
 from .tolerance import ForwardShape, assert_loglikelihoods_close, logit_bound, logit_scale, text_logit_scale
@@ -73,8 +73,8 @@ def o_proj_source(model: torch.nn.Module, tmp_path: Path) -> Path:
     dims = dp.model_dims(model)
     g = torch.Generator().manual_seed(7)
     tensors = {
-        f"model.layers.{layer}.self_attn.o_proj.weight": 0.1 * torch.randn(
-            dims.d_model, dims.n_heads * dims.d_head, generator=g)
+        f"model.layers.{layer}.self_attn.o_proj.weight": 0.1
+        * torch.randn(dims.d_model, dims.n_heads * dims.d_head, generator=g)
         for layer in range(dims.n_layers)
     }
     save_file(tensors, str(tmp_path / "model.safetensors"))
@@ -97,8 +97,11 @@ def make_grid(model, kind: str) -> list[list[dp.Intervention]]:
     if kind == "blocks":
         return block_grid(model, 2) + block_grid(model, n)
     return [  # conditions mixing kinds and layers, including an empty tail (last layer skipped)
-        [dp.skip_attn(0)], [dp.skip_mlp(n - 1)], [dp.zero_head(1, 0), dp.skip_layer(n - 1)],
-        [dp.skip_layer(0), dp.zero_kv_group(n - 1, 1)], [dp.skip_layer(n - 1)],
+        [dp.skip_attn(0)],
+        [dp.skip_mlp(n - 1)],
+        [dp.zero_head(1, 0), dp.skip_layer(n - 1)],
+        [dp.skip_layer(0), dp.zero_kv_group(n - 1, 1)],
+        [dp.skip_layer(n - 1)],
     ]
 
 
@@ -147,6 +150,7 @@ def test_engine_runs_only_the_tail(tiny_llama_dir: Path) -> None:
     def count(layer):
         def hook(x, hook):
             calls[layer] += 1
+
         return hook
 
     with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", count(l)) for l in range(3)]):
@@ -200,8 +204,9 @@ def test_run_sweep_matches_per_condition_evaluate(tiny_llama_dir: Path, tmp_path
     for cond in [[]] + conditions:
         with dp.ablate(model, *cond):
             ref = evaluate(model, "kv_retrieval", limit=4, batch_size=4, **opts)
-            scale = text_logit_scale(model, [p + c for p, cs in zip(ref.samples["prompt"], ref.samples["choices"])
-                                             for c in cs])
+            scale = text_logit_scale(
+                model, [p + c for p, cs in zip(ref.samples["prompt"], ref.samples["choices"]) for c in cs]
+            )
         row = df[df["condition"] == condition_id(cond)].iloc[0]
         assert row["acc"] == pytest.approx(ref.metrics["acc"])
         base_acc = ref.metrics["acc"] if not cond else base_acc
@@ -244,7 +249,13 @@ def test_score_conditions_equals_evaluator_under_ablate(tiny_qwen3_dir: Path) ->
             ref, _ = score_choices(model, requests, batch_size=2)
             scale = text_logit_scale(model, [c + x for c, xs in requests for x in xs])
         for g, r in zip(got[condition_id(cond)], ref):
-            assert_loglikelihoods_close(list(g.loglikelihoods), list(r.loglikelihoods), list(r.n_tokens),
-                                        ForwardShape.of(model), scale, condition_id(cond))
+            assert_loglikelihoods_close(
+                list(g.loglikelihoods),
+                list(r.loglikelihoods),
+                list(r.n_tokens),
+                ForwardShape.of(model),
+                scale,
+                condition_id(cond),
+            )
             assert (g.is_greedy, g.n_tokens, g.truncated) == (r.is_greedy, r.n_tokens, r.truncated)
     assert got["skip:L0"][1].loglikelihoods != pytest.approx(got["baseline"][1].loglikelihoods, abs=1e-3)

@@ -8,11 +8,29 @@ import depthprobe as dp
 from depthprobe.__main__ import main
 
 
-
-def test_sweep_command_writes_figures_and_marks_significance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_command_writes_figures_and_marks_significance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out, figures = tmp_path / "runs", tmp_path / "figs"
-    assert main(["sweep", "--task", "organism_knowledge", "--grid", "heads:1", "--limit", "6", "--out", str(out),
-                 "--figures", str(figures), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--task",
+                "organism_knowledge",
+                "--grid",
+                "heads:1",
+                "--limit",
+                "6",
+                "--out",
+                str(out),
+                "--figures",
+                str(figures),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (figures / "sweep_organism_knowledge_heads_1.html").is_file()
     text = capsys.readouterr().out
     df = dp.load_results(out / "organism-base" / "sweep" / "organism_knowledge" / "heads_1")
@@ -27,8 +45,25 @@ def test_sweep_command_writes_figures_and_marks_significance(tmp_path: Path, cap
 
 def test_sweep_command_prescreen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
-    assert main(["sweep", "--task", "organism_knowledge", "--grid", "heads:all", "--limit", "4", "--out", str(out),
-                 "--no-progress", "--prescreen", "3,2"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--task",
+                "organism_knowledge",
+                "--grid",
+                "heads:all",
+                "--limit",
+                "4",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--prescreen",
+                "3,2",
+            ]
+        )
+        == 0
+    )
     run = out / "organism-base" / "sweep" / "organism_knowledge" / "heads_all"
     assert (run / "sweep_organism_knowledge_heads_all.html").is_file()  # without --figures: in the run directory
     df = dp.load_results(run)

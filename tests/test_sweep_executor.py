@@ -48,8 +48,10 @@ def test_a_remote_style_executor_stores_what_the_default_stores(tiny_qwen3_dir: 
     rs = dp.load_results(tmp_path / "remote", samples=True)
     ls = dp.load_results(tmp_path / "local", samples=True)
     assert list(rs["loglikelihoods"]) == list(ls["loglikelihoods"])
-    assert rs[rs["condition"] == "head:L1H2"]["loglikelihoods"].tolist() != \
-        rs[rs["condition"] == "baseline"]["loglikelihoods"].tolist()
+    assert (
+        rs[rs["condition"] == "head:L1H2"]["loglikelihoods"].tolist()
+        != rs[rs["condition"] == "baseline"]["loglikelihoods"].tolist()
+    )
     # resuming hands the executor nothing
     again = PicklingExecutor(worker)
     dp.run_sweep(model, "organism_openbook", "heads:1", out_dir=tmp_path / "remote", executor=again, **kw)

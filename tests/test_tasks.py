@@ -5,14 +5,24 @@ import json
 import pytest
 
 from depthprobe.data import DatasetNotFoundError, DatasetRef, load_split
-from depthprobe.evaluator import evaluate
 from depthprobe.evaluation.metrics import choice_predictions, exact_match, mean_stderr
+from depthprobe.evaluator import evaluate
 from depthprobe.tasks import get_task, list_tasks
 from depthprobe.tasks.gsm8k import COT_EXEMPLARS
 from depthprobe.tasks.kv_retrieval import make_kv_examples, word_pool
 
-ALL = ["gsm8k", "gsm8k_cot", "hellaswag", "kv_retrieval", "mathqa", "mmlu", "mmlu_continuation",
-       "mmlu_generative", "openbookqa", "openbookqa_open"]
+ALL = [
+    "gsm8k",
+    "gsm8k_cot",
+    "hellaswag",
+    "kv_retrieval",
+    "mathqa",
+    "mmlu",
+    "mmlu_continuation",
+    "mmlu_generative",
+    "openbookqa",
+    "openbookqa_open",
+]
 
 
 def test_registry_lists_every_task_and_suggests_closest():
@@ -29,14 +39,22 @@ def test_mmlu_prompts_follow_lm_eval_templates(data_dir):
     doc = load_split(DatasetRef("cais/mmlu", "all"), "test", data_dir)[0]
     dev = [d for d in load_split(DatasetRef("cais/mmlu", "all"), "dev", data_dir) if d["subject"] == doc["subject"]]
     subj = doc["subject"].replace("_", " ")
-    letters = lambda d: (f"{d['question'].strip()}\nA. {d['choices'][0]}\nB. {d['choices'][1]}\n"
-                         f"C. {d['choices'][2]}\nD. {d['choices'][3]}\nAnswer:")
+    letters = lambda d: (
+        f"{d['question'].strip()}\nA. {d['choices'][0]}\nB. {d['choices'][1]}\n"
+        f"C. {d['choices'][2]}\nD. {d['choices'][3]}\nAnswer:"
+    )
     inst = get_task("mmlu").instances(limit=1, num_fewshot=2, data_dir=data_dir)[0]
     shots = "".join(letters(d) + " " + "ABCD"[d["answer"]] + "\n\n" for d in dev[:2])
-    assert inst.prompt == f"The following are multiple choice questions (with answers) about {subj}.\n\n" + shots + letters(doc)
+    assert (
+        inst.prompt
+        == f"The following are multiple choice questions (with answers) about {subj}.\n\n" + shots + letters(doc)
+    )
     assert inst.continuations == [" A", " B", " C", " D"] and inst.target == doc["answer"]
     cont = get_task("mmlu_continuation").instances(limit=1, data_dir=data_dir)[0]
-    assert cont.prompt == f"The following are questions (with answers) about {subj}.\n\nQuestion: {doc['question'].strip()}\nAnswer:"
+    assert (
+        cont.prompt
+        == f"The following are questions (with answers) about {subj}.\n\nQuestion: {doc['question'].strip()}\nAnswer:"
+    )
     assert cont.choices == tuple(doc["choices"])
     gen = get_task("mmlu_generative").instances(limit=1, data_dir=data_dir)[0]
     assert gen.prompt == inst.prompt.replace(shots, "") and gen.target == "ABCD"[doc["answer"]]
@@ -87,7 +105,9 @@ def test_kv_retrieval_is_seeded_and_well_formed():
     inst = get_task("kv_retrieval", n_pairs=3, n_examples=1, seed=0).instances()[0]
     d = inst.doc
     lines = "".join(f"{k}:{v}\n" for k, v in zip(d["keys"], d["values"]))
-    assert inst.prompt == f"Memorize the following dictionary:\n{lines}The value of the key '{d['keys'][d['query']]}' is"
+    assert (
+        inst.prompt == f"Memorize the following dictionary:\n{lines}The value of the key '{d['keys'][d['query']]}' is"
+    )
     assert inst.continuations == [str(v) for v in d["values"]] and inst.target == d["query"]
     with pytest.raises(ValueError, match="n_pairs must be between 2 and 100"):
         get_task("kv_retrieval", n_pairs=101)
@@ -95,7 +115,9 @@ def test_kv_retrieval_is_seeded_and_well_formed():
 
 def test_missing_empty_and_malformed_data(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DatasetNotFoundError, match=r"regisss/math_qa split 'test' has no local copy.*mathqa/default/test.jsonl"):
+    with pytest.raises(
+        DatasetNotFoundError, match=r"regisss/math_qa split 'test' has no local copy.*mathqa/default/test.jsonl"
+    ):
         get_task("mathqa").instances(data_dir=tmp_path)
     (tmp_path / "mathqa" / "default").mkdir(parents=True)
     (tmp_path / "mathqa" / "default" / "test.jsonl").write_text("")
@@ -128,7 +150,8 @@ def test_filters_match_lm_eval():
 
 
 def test_metrics_match_lm_eval():
-    from lm_eval.api.metrics import exact_match_hf_evaluate, mean_stderr as ref_stderr
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.api.metrics import mean_stderr as ref_stderr
 
     cfg = get_task("gsm8k").generation
     preds, refs = ["$1,234.", "12", "Ab!"], ["blah #### 1234", "13", "ab"]

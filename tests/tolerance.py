@@ -52,9 +52,9 @@ from typing import Any
 
 import torch
 
-U32 = 2.0 ** -24
+U32 = 2.0**-24
 #: Unit roundoff of bfloat16 (8 significand bits).
-UBF16 = 2.0 ** -8
+UBF16 = 2.0**-8
 #: Absolute bound of the float64 twins: float64 rounding of these tiny models is below 1e-13.
 FLOAT64_ATOL = 1e-9
 
@@ -67,7 +67,7 @@ class ForwardShape:
     reduction: int
 
     @classmethod
-    def of(cls, model: Any) -> "ForwardShape":
+    def of(cls, model: Any) -> ForwardShape:
         """From a Hugging Face model, a TransformerBridge, or their config."""
         config = getattr(getattr(model, "original_model", model), "config", model)
         widths = (config.hidden_size, getattr(config, "intermediate_size", 0) or 0, config.vocab_size)
@@ -124,13 +124,19 @@ def top2_margins(logits: torch.Tensor) -> torch.Tensor:
 
 def hf_greedy(hf: Any, ids: torch.Tensor, n: int, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Hugging Face greedy ``generate``: the new tokens [batch, n] and the logits [batch, n, vocab] each was chosen from."""
-    out = hf.generate(ids, max_new_tokens=n, do_sample=False, output_scores=True, return_dict_in_generate=True,
-                      **kwargs)
-    return out.sequences[:, ids.shape[1]:], torch.stack(out.scores, dim=1)
+    out = hf.generate(
+        ids, max_new_tokens=n, do_sample=False, output_scores=True, return_dict_in_generate=True, **kwargs
+    )
+    return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, dim=1)
 
 
-def assert_same_greedy(got: torch.Tensor, expected: torch.Tensor, step_logits: torch.Tensor, shape: ForwardShape,
-                       eos_token_id: int | None = None) -> float:
+def assert_same_greedy(
+    got: torch.Tensor,
+    expected: torch.Tensor,
+    step_logits: torch.Tensor,
+    shape: ForwardShape,
+    eos_token_id: int | None = None,
+) -> float:
     """Greedy tokens [batch, n] must be identical; a near-tie a kernel set could flip is detected and reported.
 
     ``step_logits`` [batch, n, vocab] are the reference's logits at each generated step (see
@@ -163,7 +169,7 @@ def assert_same_greedy(got: torch.Tensor, expected: torch.Tensor, step_logits: t
 def text_logit_scale(model: Any, texts: list[str]) -> float:
     """``S`` of a model (bridge or Hugging Face, under whatever hooks are active) on ``texts``, one forward each."""
     tok = getattr(model, "tokenizer", None) or _tokenizer_of(model.config._name_or_path)
-    config = getattr(getattr(model, "original_model", model), "config")
+    config = getattr(model, "original_model", model).config
     max_len = int(getattr(config, "max_position_embeddings", 2048))
     scale = 0.0
     with torch.no_grad():
@@ -174,15 +180,16 @@ def text_logit_scale(model: Any, texts: list[str]) -> float:
     return scale
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer_of(path: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
 
 
-def assert_loglikelihoods_close(got: list[float], expected: list[float], n_tokens: list[int], shape: ForwardShape,
-                                scale: float, what: str = "") -> float:
+def assert_loglikelihoods_close(
+    got: list[float], expected: list[float], n_tokens: list[int], shape: ForwardShape, scale: float, what: str = ""
+) -> float:
     """Each pair of summed log-likelihoods within :func:`loglikelihood_bound`; returns the largest |Δ|."""
     worst = 0.0
     for a, b, n in zip(got, expected, n_tokens, strict=True):

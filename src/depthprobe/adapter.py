@@ -109,8 +109,10 @@ class HFAdapter:
         """The Hugging Face decoder whose ``layers`` list the tail-only forward swaps."""
         decoder = getattr(self.hf, "model", None) if self.is_bridge else None
         if not isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList):
-            raise ValueError("the sweep engine needs a TransformerBridge over a Hugging Face decoder "
-                             "with model.layers (Llama/Qwen-style); use run_sweep's naive path instead")
+            raise ValueError(
+                "the sweep engine needs a TransformerBridge over a Hugging Face decoder "
+                "with model.layers (Llama/Qwen-style); use run_sweep's naive path instead"
+            )
         return decoder
 
     @contextlib.contextmanager
@@ -198,8 +200,10 @@ def adapter_for(model: Any) -> HFAdapter:
     for cls in _ADAPTERS:
         if cls.accepts(model):
             return cls(model)
-    raise ValueError(f"no model adapter for {type(model).__name__}; supported: "
-                     f"{', '.join(c.__name__ for c in _ADAPTERS)} (a TransformerBridge or a Hugging Face model)")
+    raise ValueError(
+        f"no model adapter for {type(model).__name__}; supported: "
+        f"{', '.join(c.__name__ for c in _ADAPTERS)} (a TransformerBridge or a Hugging Face model)"
+    )
 
 
 # --- module-level shorthands -------------------------------------------------------------

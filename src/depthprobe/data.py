@@ -7,7 +7,6 @@ A local data directory mirrors the hub datasets as ``<dataset>/<config>/<split>.
 environment variable and always wins over the hub, so runs are reproducible offline.
 """
 
-
 import contextlib
 import hashlib
 import json
@@ -18,8 +17,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DATA_DIR_ENV", "DataFormatError", "DatasetRef", "DatasetNotFoundError", "Record", "load_split", "record_source",
-           "record_reads", "resolve_data_dir"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "DataFormatError",
+    "DatasetRef",
+    "DatasetNotFoundError",
+    "Record",
+    "load_split",
+    "record_source",
+    "record_reads",
+    "resolve_data_dir",
+]
 
 DATA_DIR_ENV = "DEPTHPROBE_DATA_DIR"
 
@@ -109,8 +117,10 @@ def _read_jsonl_cached(path: str, mtime_ns: int, size: int) -> tuple[str, tuple[
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataFormatError(f"{path}:{number}: not a valid JSON record ({err.msg} at column {err.colno}); "
-                                  f"each line must be one JSON object") from None
+            raise DataFormatError(
+                f"{path}:{number}: not a valid JSON record ({err.msg} at column {err.colno}); "
+                f"each line must be one JSON object"
+            ) from None
         if not isinstance(record, dict):
             raise DataFormatError(f"{path}:{number}: a record must be a JSON object, got {type(record).__name__}")
         records.append((number, record))
@@ -134,9 +144,7 @@ def _hub_offline() -> bool:
     return any(os.environ.get(f, "0").lower() in {"1", "true", "yes"} for f in flags)
 
 
-def load_split(
-    ref: DatasetRef, split: str, data_dir: str | os.PathLike[str] | None = None
-) -> list:
+def load_split(ref: DatasetRef, split: str, data_dir: str | os.PathLike[str] | None = None) -> list:
     """All documents of one split, as plain dicts in file order.
 
     The local copy is used when a data directory is in effect and holds the split;
@@ -157,13 +165,17 @@ def load_split(
     )
     if _hub_offline():
         looked = f" (looked in {local})" if local is not None else ""
-        raise DatasetNotFoundError(f"dataset {where} split {split!r} has no local copy{looked} and the hub is offline; {how}")
+        raise DatasetNotFoundError(
+            f"dataset {where} split {split!r} has no local copy{looked} and the hub is offline; {how}"
+        )
     try:
         import datasets
 
         ds = datasets.load_dataset(ref.hub_id, ref.config, split=split)
     except Exception as err:  # network, missing split, gated dataset: all one message
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DatasetNotFoundError(f"could not load dataset {where} split {split!r} from the hub ({first}); {how}") from None
+        raise DatasetNotFoundError(
+            f"could not load dataset {where} split {split!r} from the hub ({first}); {how}"
+        ) from None
     _note_read(f"hub:{ref.hub_id}/{ref.config or 'default'}/{split}", str(getattr(ds, "_fingerprint", None)))
     return [dict(row) for row in ds]

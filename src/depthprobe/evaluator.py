@@ -6,7 +6,6 @@ pieces it composes (scoring, decoding, filters, metrics, ``EvalResult``) live in
 :mod:`depthprobe.evaluation`.
 """
 
-
 import os
 import time
 import warnings
@@ -21,8 +20,16 @@ from depthprobe.evaluation.metrics import choice_predictions, exact_match, mean_
 from depthprobe.evaluation.result import EvalResult
 from depthprobe.tasks import Task, get_task
 
-__all__ = ["EvalResult", "TruncationWarning", "choice_result", "evaluate", "generation_result", "require_loaded_model",
-           "shared_prefix", "warn_truncated"]
+__all__ = [
+    "EvalResult",
+    "TruncationWarning",
+    "choice_result",
+    "evaluate",
+    "generation_result",
+    "require_loaded_model",
+    "shared_prefix",
+    "warn_truncated",
+]
 
 
 class TruncationWarning(UserWarning):
@@ -33,17 +40,22 @@ def warn_truncated(task: str, n: int, total: int, model: Any, *, stacklevel: int
     """One warning line when ``n`` of ``total`` prompts of ``task`` were cut from the left (nothing when n is 0)."""
     if n:
         max_len = model_max_length(model, getattr(model, "tokenizer", None))
-        warnings.warn(f"{task}: {n} of {total} prompts were longer than the model's {max_len} positions and were "
-                      f"cut from the left; their scores see only the end of the prompt (n_truncated counts them)",
-                      TruncationWarning, stacklevel=stacklevel + 1)
+        warnings.warn(
+            f"{task}: {n} of {total} prompts were longer than the model's {max_len} positions and were "
+            f"cut from the left; their scores see only the end of the prompt (n_truncated counts them)",
+            TruncationWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def require_loaded_model(model: Any, what: str) -> None:
     """Refuse, in one sentence, a model that did not come from ``depthprobe.load_model``."""
     if not all(hasattr(model, attr) for attr in ("tokenizer", "hooks", "cfg", "original_model")):
         kind = f"{type(model).__module__}.{type(model).__qualname__}"
-        raise TypeError(f"{what} needs a model from depthprobe.load_model (a TransformerBridge with its tokenizer), "
-                        f"got a {kind}; pass dp.load_model('<model directory or hub id>') instead")
+        raise TypeError(
+            f"{what} needs a model from depthprobe.load_model (a TransformerBridge with its tokenizer), "
+            f"got a {kind}; pass dp.load_model('<model directory or hub id>') instead"
+        )
 
 
 def evaluate(
@@ -75,8 +87,9 @@ def evaluate(
     ``depthprobe.evaluation.fast_decode.decoder_for(condition)`` runs a condition hook-free).
     """
     if (chat or enable_thinking is not None) and get_task(task, **task_options).output_type != "generate_until":
-        raise ValueError("chat=/enable_thinking= apply to generation tasks only; "
-                         "log-likelihood tasks score plain prompts")
+        raise ValueError(
+            "chat=/enable_thinking= apply to generation tasks only; log-likelihood tasks score plain prompts"
+        )
     if enable_thinking is not None and not chat:
         raise ValueError("enable_thinking needs chat=True (it is a switch of the chat template)")
     require_loaded_model(model, "evaluate")
@@ -84,8 +97,10 @@ def evaluate(
     start = time.perf_counter()
     if t.scorer == "lm_eval":  # lm-eval's own evaluator on the depthprobe backend
         if chat or max_gen_toks is not None or data_dir is not None:
-            raise ValueError(f"{t.name}: chat=, max_gen_toks= and data_dir= belong in the lm-eval task's YAML "
-                             "(pass include_path= for local YAMLs)")
+            raise ValueError(
+                f"{t.name}: chat=, max_gen_toks= and data_dir= belong in the lm-eval task's YAML "
+                "(pass include_path= for local YAMLs)"
+            )
         result = t.run(model, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size)
         result.stats["wall_s"] = time.perf_counter() - start
         return result
@@ -97,8 +112,17 @@ def evaluate(
     if t.output_type == "multiple_choice":
         result = _evaluate_choices(model, t, instances, batch_size, config)
     else:
-        result = _evaluate_generation(model, t, instances, batch_size, max_gen_toks, config,
-                                      chat=chat, enable_thinking=enable_thinking, decoder=decoder)
+        result = _evaluate_generation(
+            model,
+            t,
+            instances,
+            batch_size,
+            max_gen_toks,
+            config,
+            chat=chat,
+            enable_thinking=enable_thinking,
+            decoder=decoder,
+        )
     result.stats["wall_s"] = time.perf_counter() - start
     n_cut = result.stats.get("n_truncated", result.stats.get("n_prompt_truncated", 0))
     warn_truncated(t.name, int(n_cut or 0), len(instances), model)
@@ -117,14 +141,20 @@ def _aggregate(samples: pd.DataFrame, columns: dict[str, str]) -> dict[str, floa
 
 def _evaluate_choices(model, task: Task, instances, batch_size: int, config) -> EvalResult:
     scores, stats = score_choices(model, [(i.prompt, i.continuations) for i in instances], batch_size=batch_size)
-    return choice_result(task, instances, scores, config, {
-        "n_docs": len(instances),
-        "n_requests": stats.n_requests,
-        "n_forwards": stats.n_forwards,
-        "n_token_forwards": stats.n_token_forwards,
-        "n_truncated": stats.n_truncated,
-        "max_length": model_max_length(model, model.tokenizer),
-    })
+    return choice_result(
+        task,
+        instances,
+        scores,
+        config,
+        {
+            "n_docs": len(instances),
+            "n_requests": stats.n_requests,
+            "n_forwards": stats.n_forwards,
+            "n_token_forwards": stats.n_token_forwards,
+            "n_truncated": stats.n_truncated,
+            "max_length": model_max_length(model, model.tokenizer),
+        },
+    )
 
 
 def choice_result(task: Task, instances, scores, config: dict[str, Any], stats: dict[str, Any]) -> EvalResult:
@@ -169,9 +199,18 @@ def shared_prefix(prompts: list[str], delimiter: str) -> str:
     return common[: cut + len(delimiter)] if cut >= 0 else ""
 
 
-def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_toks: int | None, config,
-                         *, chat: bool = False, enable_thinking: bool | None = None,
-                         decoder: Any = None) -> EvalResult:
+def _evaluate_generation(
+    model,
+    task: Task,
+    instances,
+    batch_size: int,
+    max_gen_toks: int | None,
+    config,
+    *,
+    chat: bool = False,
+    enable_thinking: bool | None = None,
+    decoder: Any = None,
+) -> EvalResult:
     gen = task.generation
     assert gen is not None
     budget = gen.max_gen_toks if max_gen_toks is None else max_gen_toks
@@ -179,13 +218,25 @@ def _evaluate_generation(model, task: Task, instances, batch_size: int, max_gen_
     prompts = [i.prompt for i in instances]
     if chat:
         prefix = ""
-        outputs = generate_chat(model, prompts, until=list(gen.until), enable_thinking=enable_thinking,
-                                max_gen_toks=budget, batch_size=batch_size, decoder=decoder)
+        outputs = generate_chat(
+            model,
+            prompts,
+            until=list(gen.until),
+            enable_thinking=enable_thinking,
+            max_gen_toks=budget,
+            batch_size=batch_size,
+            decoder=decoder,
+        )
     else:
         prefix = shared_prefix(prompts, task.fewshot_delimiter)
         outputs = generate_until(
-            model, [p[len(prefix):] for p in prompts], until=list(gen.until), max_gen_toks=budget,
-            batch_size=batch_size, prefix=prefix or None, decoder=decoder,
+            model,
+            [p[len(prefix) :] for p in prompts],
+            until=list(gen.until),
+            max_gen_toks=budget,
+            batch_size=batch_size,
+            prefix=prefix or None,
+            decoder=decoder,
         )
     return generation_result(task, instances, outputs, config, prefix)
 
@@ -214,8 +265,11 @@ def generation_result(task: Task, instances, outputs, config: dict[str, Any], pr
             extracted = f.apply(out.text)
             row[f"extracted,{f.name}"] = extracted
             row[f"exact_match,{f.name}"] = exact_match(
-                extracted, str(inst.target), ignore_case=gen.ignore_case,
-                ignore_punctuation=gen.ignore_punctuation, regexes_to_ignore=gen.regexes_to_ignore,
+                extracted,
+                str(inst.target),
+                ignore_case=gen.ignore_case,
+                ignore_punctuation=gen.ignore_punctuation,
+                regexes_to_ignore=gen.regexes_to_ignore,
             )
         primary = gen.filters[0].name
         row["extracted"] = row[f"extracted,{primary}"]
@@ -234,4 +288,3 @@ def generation_result(task: Task, instances, outputs, config: dict[str, Any], pr
         "n_prefix_reused": sum(bool(getattr(o, "prefix_reused", False)) for o in outputs),
     }
     return EvalResult(task.name, metrics, samples, config, run_stats)
-

@@ -96,8 +96,12 @@ _ROW = 1 << 16
 #: Words per step: bounds the temporaries on the device (a few hundred MiB).
 _STEP = 1 << 26
 #: Word (what one multiplier weighs) and product dtypes by element size: one word per value up to 4 bytes.
-_WORDS = {1: (torch.uint8, torch.int32), 2: (torch.int16, torch.int32), 4: (torch.int32, torch.int64),
-          8: (torch.int32, torch.int64)}
+_WORDS = {
+    1: (torch.uint8, torch.int32),
+    2: (torch.int16, torch.int32),
+    4: (torch.int32, torch.int64),
+    8: (torch.int32, torch.int64),
+}
 _MULTIPLIERS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 

@@ -33,16 +33,18 @@ from depthprobe import interventions as iv
 from depthprobe.evaluation.generation import generate_until
 from depthprobe.evaluation.loglikelihood import model_max_length, score_choices, score_encoded
 from depthprobe.evaluation.tokenize import prefix_token_id, tok_encode
-from depthprobe.models import load_model
 from depthprobe.identity import model_identity
+from depthprobe.models import load_model
 
 __all__ = ["DepthprobeLM", "lm_eval_model", "parse_interventions"]  # noqa: F822  (DepthprobeLM: made on first access)
 
 #: The key a depthprobe-bound lm-eval cache database keeps its model identity under.
 CACHE_IDENTITY_KEY = "__depthprobe_identity__"
 
-_ID_FORMS = ("skip:L<l>, skip_attn:L<l>, skip_mlp:L<l>, head:L<l>H<h>, group:L<l>G<g>, head_weights:L<l>H<h>, "
-             "o_proj:L<l>[@<alpha>]=<source path>")
+_ID_FORMS = (
+    "skip:L<l>, skip_attn:L<l>, skip_mlp:L<l>, head:L<l>H<h>, group:L<l>G<g>, head_weights:L<l>H<h>, "
+    "o_proj:L<l>[@<alpha>]=<source path>"
+)
 
 
 def _from_id(text: str) -> Any:
@@ -127,8 +129,10 @@ class _Backend:
         stray = [k for k, v in extra.items() if re.fullmatch(r"[a-z_]+:L\d+.*", k) and v in ("", None)]
         unknown = sorted(set(extra) - set(stray))
         if unknown:
-            raise ValueError(f"unknown depthprobe model_args: {', '.join(unknown)}; valid: pretrained, "
-                             "interventions, dtype, device, batch_size, max_gen_toks")
+            raise ValueError(
+                f"unknown depthprobe model_args: {', '.join(unknown)}; valid: pretrained, "
+                "interventions, dtype, device, batch_size, max_gen_toks"
+            )
         if (pretrained is None) == (model is None):
             raise ValueError("pass exactly one of pretrained=<alias, hub id or directory> and model=<a loaded model>")
         if model is None:
@@ -169,11 +173,15 @@ class _Backend:
         if db is not None:
             held = db.get(CACHE_IDENTITY_KEY)
             if held is None and len(db) > 0:
-                raise ValueError("lm-eval cache database holds results not written by depthprobe under these "
-                                 f"settings ({self.condition}); pass another use_cache path")
+                raise ValueError(
+                    "lm-eval cache database holds results not written by depthprobe under these "
+                    f"settings ({self.condition}); pass another use_cache path"
+                )
             if held is not None and held != self.identity:
-                raise ValueError(f"lm-eval cache database was written under {held!r}, not {self.identity!r}; "
-                                 "pass another use_cache path per model and intervention set")
+                raise ValueError(
+                    f"lm-eval cache database was written under {held!r}, not {self.identity!r}; "
+                    "pass another use_cache path per model and intervention set"
+                )
             if held is None:
                 db[CACHE_IDENTITY_KEY] = self.identity
                 db.commit()
@@ -211,14 +219,21 @@ class _Backend:
         windows: list[tuple[int, list[int], list[int]]] = []
         for r, req in enumerate(requests):
             (text,) = req.args
-            for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
-                    token_list=tok_encode(tok, text), prefix_token=prefix_token_id(tok),
-                    max_seq_len=max_len, context_len=1)):
+            for ctx, cont in map(
+                make_disjoint_window,
+                get_rolling_token_windows(
+                    token_list=tok_encode(tok, text),
+                    prefix_token=prefix_token_id(tok),
+                    max_seq_len=max_len,
+                    context_len=1,
+                ),
+            ):
                 windows.append((r, ctx, cont))
         totals = [0.0] * len(requests)
         with self._hooks():
-            scores, _ = score_encoded(self.model, [(ctx, [cont]) for _, ctx, cont in windows],
-                                      batch_size=self.batch_size, max_length=max_len)
+            scores, _ = score_encoded(
+                self.model, [(ctx, [cont]) for _, ctx, cont in windows], batch_size=self.batch_size, max_length=max_len
+            )
         for (r, _, _), doc in zip(windows, scores):
             totals[r] += doc.loglikelihoods[0]
         return totals
@@ -233,15 +248,22 @@ class _Backend:
             until = [until] if isinstance(until, str) else list(until)
             max_gen = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
             if kwargs.pop("do_sample", False) or float(kwargs.pop("temperature", 0.0) or 0.0) > 0:
-                raise ValueError("depthprobe decodes greedily; this task asks for sampling "
-                                 "(do_sample=True or temperature > 0)")
+                raise ValueError(
+                    "depthprobe decodes greedily; this task asks for sampling (do_sample=True or temperature > 0)"
+                )
             groups.setdefault((tuple(until), max_gen), []).append(i)
         out: list[str | None] = [None] * len(requests)
         with self._hooks():
-            for (until, max_gen), members in tqdm(groups.items(), disable=disable_tqdm or len(groups) < 2,
-                                                  desc="generation settings"):
-                gens = generate_until(self.model, [requests[i].args[0] for i in members], until=list(until),
-                                      max_gen_toks=max_gen, batch_size=self.batch_size)
+            for (until, max_gen), members in tqdm(
+                groups.items(), disable=disable_tqdm or len(groups) < 2, desc="generation settings"
+            ):
+                gens = generate_until(
+                    self.model,
+                    [requests[i].args[0] for i in members],
+                    until=list(until),
+                    max_gen_toks=max_gen,
+                    batch_size=self.batch_size,
+                )
                 for i, g in zip(members, gens):
                     out[i] = g.text
         return out  # type: ignore[return-value]
@@ -267,8 +289,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def lm_eval_model(model: Any, *, interventions: str | Sequence[Any] | None = None, batch_size: int = 16,
-                  max_gen_toks: int = 256) -> Any:
+def lm_eval_model(
+    model: Any, *, interventions: str | Sequence[Any] | None = None, batch_size: int = 16, max_gen_toks: int = 256
+) -> Any:
     """The lm-eval ``LM`` (a :class:`DepthprobeLM`) of a loaded model; hooks active on it and ``interventions``
     apply to every request."""
     return lm_class()(model=model, interventions=interventions, batch_size=batch_size, max_gen_toks=max_gen_toks)

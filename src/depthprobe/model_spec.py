@@ -48,8 +48,14 @@ class ModelSpec:
     device: str | None = None
     load_options: tuple[tuple[str, Any], ...] = field(default=())
 
-    def __init__(self, name_or_path: str | os.PathLike[str], *, dtype: torch.dtype | str | None = None,
-                 device: str | None = None, **load_options: Any) -> None:
+    def __init__(
+        self,
+        name_or_path: str | os.PathLike[str],
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: str | None = None,
+        **load_options: Any,
+    ) -> None:
         if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path):
             raise ValueError(f"ModelSpec needs a model name or path (str), got {name_or_path!r}")
         if device is not None and not isinstance(device, str):
@@ -103,8 +109,9 @@ class ModelSpec:
         n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
         d_model = int(cfg.hidden_size)
         d_head = int(getattr(cfg, "head_dim", None) or d_model // n_heads)
-        return ModelDims(n_layers=int(cfg.num_hidden_layers), n_heads=n_heads, n_kv_heads=n_kv, d_head=d_head,
-                         d_model=d_model)
+        return ModelDims(
+            n_layers=int(cfg.num_hidden_layers), n_heads=n_heads, n_kv_heads=n_kv, d_head=d_head, d_model=d_model
+        )
 
     def identity(self) -> dict[str, Any]:
         """What a run manifest records about the model, equal to ``model_identity(load_model(spec))``
@@ -135,13 +142,16 @@ def as_model_spec(model: Any) -> ModelSpec:
     ident = model_identity(model)
     name = ident["name"]
     if not name or name == "None" or not (os.path.isdir(name) or name.count("/") == 1):
-        raise ValueError(f"cannot describe this model for remote workers (its name is {name!r}); "
-                         f"pass depthprobe.ModelSpec(name_or_path, dtype=..., device=...) instead of a loaded model")
+        raise ValueError(
+            f"cannot describe this model for remote workers (its name is {name!r}); "
+            f"pass depthprobe.ModelSpec(name_or_path, dtype=..., device=...) instead of a loaded model"
+        )
     if ident["weights"] is not None:
-        raise ValueError(f"cannot describe this model for remote workers: its weights changed in memory after "
-                         f"load_model loaded {name} (weights={ident['weights']!r}) and workers load the checkpoint; "
-                         f"run this sweep without an executor, or reload the model")
+        raise ValueError(
+            f"cannot describe this model for remote workers: its weights changed in memory after "
+            f"load_model loaded {name} (weights={ident['weights']!r}) and workers load the checkpoint; "
+            f"run this sweep without an executor, or reload the model"
+        )
     param = next(model.parameters())
     device = str(param.device) if param.device.type != "cpu" else "cpu"
     return ModelSpec(name, dtype=ident["dtype"], device=device)
-

@@ -10,7 +10,16 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 __all__ = [
-    "HeadActs", "HeadValues", "KVHeadActs", "Logits", "LogProbs", "Mask", "OProjWeight", "Resid", "TokenMask", "Tokens",
+    "HeadActs",
+    "HeadValues",
+    "KVHeadActs",
+    "Logits",
+    "LogProbs",
+    "Mask",
+    "OProjWeight",
+    "Resid",
+    "TokenMask",
+    "Tokens",
 ]
 
 #: Token ids of a batch of sequences.

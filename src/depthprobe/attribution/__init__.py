@@ -32,10 +32,19 @@ masks give the per-row, per-head gradients of a whole batch, and the scaled path
 gradients need, directly, so that module is not used here.
 """
 
-
 from depthprobe.attribution.estimate import attribute
 from depthprobe.attribution.exact import exact_effects, per_document_metric, recall, select
 from depthprobe.attribution.requests import METHODS, METRICS, MetricRequest, Prescreen, metric_requests
 
-__all__ = ["METHODS", "METRICS", "MetricRequest", "Prescreen", "attribute", "exact_effects", "metric_requests",
-           "per_document_metric", "recall", "select"]
+__all__ = [
+    "METHODS",
+    "METRICS",
+    "MetricRequest",
+    "Prescreen",
+    "attribute",
+    "exact_effects",
+    "metric_requests",
+    "per_document_metric",
+    "recall",
+    "select",
+]

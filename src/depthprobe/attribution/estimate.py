@@ -18,8 +18,8 @@ from transformer_lens.hook_points import HookPoint
 
 from depthprobe.attribution.requests import Rows, batches, check_method, doc_metric, layout, metric_requests
 from depthprobe.engine.grids import Condition, condition_id, parse_grid
-from depthprobe.interventions import Intervention
 from depthprobe.identity import ResolvedModel, resolved
+from depthprobe.interventions import Intervention
 from depthprobe.models import ModelDims
 from depthprobe.types import HeadActs, Resid
 
@@ -57,7 +57,11 @@ class _Paths:
 
 
 def _masked_pass(
-    model: Any, tokens: Tensor, paths: _Paths, scale: dict[tuple[str, int], float], dims: ModelDims,
+    model: Any,
+    tokens: Tensor,
+    paths: _Paths,
+    scale: dict[tuple[str, int], float],
+    dims: ModelDims,
     score: Callable[[Tensor], Tensor],
 ) -> tuple[dict[int, Tensor], dict[int, Tensor], Tensor]:
     """One forward and backward with masks (1, or ``scale[(kind, layer)]`` on an integration path).
@@ -68,10 +72,16 @@ def _masked_pass(
     """
     batch = tokens.shape[0]
     dtype = torch.float32 if next(model.parameters()).dtype != torch.float64 else torch.float64
-    head_masks = {l: torch.full((batch, dims.n_heads), scale.get(("head", l), 1.0), dtype=dtype,
-                                device=tokens.device, requires_grad=True) for l in paths.head_layers}
-    skip_masks = {l: torch.full((batch,), scale.get(("skip", l), 1.0), dtype=dtype, device=tokens.device,
-                                requires_grad=True) for l in paths.skip_layers}
+    head_masks = {
+        l: torch.full(
+            (batch, dims.n_heads), scale.get(("head", l), 1.0), dtype=dtype, device=tokens.device, requires_grad=True
+        )
+        for l in paths.head_layers
+    }
+    skip_masks = {
+        l: torch.full((batch,), scale.get(("skip", l), 1.0), dtype=dtype, device=tokens.device, requires_grad=True)
+        for l in paths.skip_layers
+    }
     hooks = [(f"blocks.{l}.attn.hook_z", _hook(_mask_z, m)) for l, m in head_masks.items()]
     for l, m in skip_masks.items():
         hooks += [(f"blocks.{l}.hook_attn_out", _hook(_mask_out, m)), (f"blocks.{l}.hook_mlp_out", _hook(_mask_out, m))]
@@ -92,7 +102,7 @@ def _scorer(rows: Rows, docs: list[int], row_index: dict[int, int]) -> Callable[
             lls = []
             for r, n, cont in rows.where[i]:
                 b = row_index[r]
-                lp = torch.log_softmax(logits[b, n - len(cont): n].to(total.dtype), dim=-1)
+                lp = torch.log_softmax(logits[b, n - len(cont) : n].to(total.dtype), dim=-1)
                 target = torch.tensor(cont, dtype=torch.long, device=logits.device)
                 lls.append(lp.gather(1, target[:, None]).sum())
             total = total + doc_metric(lls, rows.gold[i])
@@ -105,8 +115,10 @@ def _split(conditions: Sequence[Condition], dims: ModelDims) -> tuple[list[str],
     ids, ivs = [], []
     for cond in conditions:
         if len(cond) != 1 or cond[0].kind not in _KINDS:
-            raise ValueError(f"cannot attribute condition {condition_id(cond)!r}; valid: single zero_head, "
-                             f"zero_kv_group or skip_layer conditions (grids heads:L, heads:all, groups:L, layers)")
+            raise ValueError(
+                f"cannot attribute condition {condition_id(cond)!r}; valid: single zero_head, "
+                f"zero_kv_group or skip_layer conditions (grids heads:L, heads:all, groups:L, layers)"
+            )
         iv = cond[0]
         if iv.layer >= dims.n_layers:
             raise ValueError(f"{iv.id}: layer {iv.layer} out of range; the model has layers 0..{dims.n_layers - 1}")
@@ -154,8 +166,9 @@ def attribute(
     conditions = parse_grid(dims, grid) if isinstance(grid, str) else [list(c) for c in grid]
     conditions = [c for c in conditions if len(c)]  # the baseline has nothing to estimate
     ids, ivs, paths = _split(conditions, dims)
-    metric, requests = metric_requests(task, metric=metric, limit=limit, num_fewshot=num_fewshot,
-                                       data_dir=data_dir, **task_options)
+    metric, requests = metric_requests(
+        task, metric=metric, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir, **task_options
+    )
     rows = layout(model, requests)
     n_docs = len(requests)
     device = next(model.parameters()).device
@@ -167,10 +180,16 @@ def attribute(
     if method == "atp":
         plan = [(paths, {}, 1.0)]
     else:
-        plan = [(_Paths((l,), ()), {("head", l): (k + 0.5) / n_steps}, 1.0 / n_steps)
-                for l in paths.head_layers for k in range(n_steps)]
-        plan += [(_Paths((), (l,)), {("skip", l): (k + 0.5) / n_steps}, 1.0 / n_steps)
-                 for l in paths.skip_layers for k in range(n_steps)]
+        plan = [
+            (_Paths((l,), ()), {("head", l): (k + 0.5) / n_steps}, 1.0 / n_steps)
+            for l in paths.head_layers
+            for k in range(n_steps)
+        ]
+        plan += [
+            (_Paths((), (l,)), {("skip", l): (k + 0.5) / n_steps}, 1.0 / n_steps)
+            for l in paths.skip_layers
+            for k in range(n_steps)
+        ]
     for docs in batches(rows, batch_size):
         row_ids = sorted({r for i in docs for r, _, _ in rows.where[i]})
         row_index = {r: b for b, r in enumerate(row_ids)}
@@ -205,16 +224,29 @@ def attribute(
         if iv.kind == "head":
             per_doc = head_est[iv.layer][:, iv.index]
         elif iv.kind == "group":
-            per_doc = head_est[iv.layer][:, iv.index * r:(iv.index + 1) * r].sum(axis=1)
+            per_doc = head_est[iv.layer][:, iv.index * r : (iv.index + 1) * r].sum(axis=1)
         else:
             per_doc = skip_est[iv.layer]
-        records.append({"condition": cid, "kind": iv.kind, "layer": iv.layer, "index": iv.index,
-                        "estimate": float(per_doc.mean()), "estimate_abs": float(np.abs(per_doc).mean()),
-                        "n": n_docs})
+        records.append(
+            {
+                "condition": cid,
+                "kind": iv.kind,
+                "layer": iv.layer,
+                "index": iv.index,
+                "estimate": float(per_doc.mean()),
+                "estimate_abs": float(np.abs(per_doc).mean()),
+                "n": n_docs,
+            }
+        )
     df = pd.DataFrame(records, columns=["condition", "kind", "layer", "index", "estimate", "estimate_abs", "n"])
     cost = (3.0 * n_passes + n_forwards) / max(n_docs, 1)  # full passes over the documents; backward = 2 forwards
-    df.attrs.update(method=method, metric=metric, steps=n_steps if method == "ig" else None,
-                    baseline_metric=float(base_metric.mean()), forward_equivalents=cost)
+    df.attrs.update(
+        method=method,
+        metric=metric,
+        steps=n_steps if method == "ig" else None,
+        baseline_metric=float(base_metric.mean()),
+        forward_equivalents=cost,
+    )
     return df
 
 

@@ -41,10 +41,13 @@ def exact_effects(
     real ablated forward). One row per condition: ``exact`` (mean per-document delta),
     ``exact_abs`` (mean absolute delta), ``exact_stderr`` (paired standard error) and ``n``.
     """
-    conditions = parse_grid(resolved(model).dims, conditions) if isinstance(conditions, str) else [list(c) for c in conditions]
+    conditions = (
+        parse_grid(resolved(model).dims, conditions) if isinstance(conditions, str) else [list(c) for c in conditions]
+    )
     conditions = [c for c in conditions if len(c)]
-    metric, requests = metric_requests(task, metric=metric, limit=limit, num_fewshot=num_fewshot,
-                                       data_dir=data_dir, **task_options)
+    metric, requests = metric_requests(
+        task, metric=metric, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir, **task_options
+    )
     per_doc = per_document_metric(model, requests, [[]] + conditions, batch_size=batch_size)
     base = per_doc[BASELINE]
     rows = []
@@ -52,20 +55,35 @@ def exact_effects(
         cid = condition_id(cond)
         d = per_doc[cid] - base
         se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
-        rows.append({"condition": cid, "exact": float(d.mean()), "exact_abs": float(np.abs(d).mean()),
-                     "exact_stderr": se, "n": len(d)})
+        rows.append(
+            {
+                "condition": cid,
+                "exact": float(d.mean()),
+                "exact_abs": float(np.abs(d).mean()),
+                "exact_stderr": se,
+                "n": len(d),
+            }
+        )
     out = pd.DataFrame(rows, columns=["condition", "exact", "exact_abs", "exact_stderr", "n"])
     out.attrs.update(metric=metric, baseline_metric=float(base.mean()))
     return out
 
 
-def per_document_metric(model: torch.nn.Module | ResolvedModel, requests: Sequence[MetricRequest], conditions: Sequence[Condition],
-                        *, batch_size: int = 8) -> dict[str, np.ndarray]:
+def per_document_metric(
+    model: torch.nn.Module | ResolvedModel,
+    requests: Sequence[MetricRequest],
+    conditions: Sequence[Condition],
+    *,
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
     """The metric of every document under every condition (exact ablation, no gradients)."""
-    scores = score_conditions(model, [(r.context, r.continuations) for r in requests], conditions,
-                              batch_size=batch_size)
-    return {cid: np.array([doc_metric(list(s.loglikelihoods), r.gold) for s, r in zip(doc_scores, requests)])
-            for cid, doc_scores in scores.items()}
+    scores = score_conditions(
+        model, [(r.context, r.continuations) for r in requests], conditions, batch_size=batch_size
+    )
+    return {
+        cid: np.array([doc_metric(list(s.loglikelihoods), r.gold) for s, r in zip(doc_scores, requests)])
+        for cid, doc_scores in scores.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -77,7 +95,7 @@ def select(estimates: pd.DataFrame, prescreen: Prescreen) -> dict[str, str]:
     ranked = estimates.sort_values(["estimate_abs", "condition"], ascending=[False, True], kind="stable")
     ids = ranked["condition"].tolist()
     top = ids[: prescreen.top_k]
-    rest = sorted(ids[prescreen.top_k:])
+    rest = sorted(ids[prescreen.top_k :])
     rng = np.random.default_rng(prescreen.seed)
     sample = [rest[i] for i in sorted(rng.choice(len(rest), size=min(prescreen.random_k, len(rest)), replace=False))]
     return {**{c: "top" for c in top}, **{c: "random" for c in sample}}

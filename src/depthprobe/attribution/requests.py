@@ -90,14 +90,22 @@ def _metric_for(t: Any, metric: str | None) -> str:
     return metric
 
 
-def metric_requests(task: Any, *, metric: str | None = None, limit: int | None = None,
-                    num_fewshot: int | None = None, data_dir: str | os.PathLike[str] | None = None,
-                    **task_options: Any) -> tuple[str, list[MetricRequest]]:
+def metric_requests(
+    task: Any,
+    *,
+    metric: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    **task_options: Any,
+) -> tuple[str, list[MetricRequest]]:
     """The metric's name and one request per document (choices and gold; or the reference answer)."""
     t = _task(task, task_options)
     if getattr(t, "scorer", "depthprobe") != "depthprobe":
-        raise ValueError(f"task {t.name!r} is scored by lm-eval itself; attribution needs a depthprobe task "
-                         f"(its prompts and choices): one of depthprobe.list_tasks()")
+        raise ValueError(
+            f"task {t.name!r} is scored by lm-eval itself; attribution needs a depthprobe task "
+            f"(its prompts and choices): one of depthprobe.list_tasks()"
+        )
     metric = _metric_for(t, metric)
     out = []
     for inst in t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir):
@@ -143,7 +151,7 @@ def layout(model: Any, requests: Sequence[MetricRequest]) -> Rows:
             ctx_ids, cont_ids = encode_pair(tokenizer, req.context, cont)
             if not cont_ids:
                 raise ValueError(f"document {i}: continuation {cont!r} tokenizes to zero tokens")
-            window = tuple((ctx_ids + cont_ids)[-(max_len + 1):][:-1])
+            window = tuple((ctx_ids + cont_ids)[-(max_len + 1) :][:-1])
             if window not in own:
                 own[window] = len(rows)
                 rows.append(list(window))

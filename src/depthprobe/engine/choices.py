@@ -32,11 +32,11 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from depthprobe import adapter
-from depthprobe.interventions import bind_all, order_hooks, validate
+from depthprobe.engine.grids import Condition, unique_ids
+from depthprobe.engine.logits import _chunks, _row_hook, plan_tails, score_conditions
 from depthprobe.evaluation.loglikelihood import DocScores, _length_batches, _pad_right, encode_pair
 from depthprobe.identity import ResolvedModel, resolved
-from depthprobe.engine.logits import _chunks, _row_hook, plan_tails, score_conditions
-from depthprobe.engine.grids import Condition, unique_ids
+from depthprobe.interventions import bind_all, order_hooks, validate
 
 __all__ = ["score_conditions_reuse"]
 
@@ -141,8 +141,9 @@ def score_conditions_reuse(
             # 1. the baseline: contexts, then choices on their cache; residuals kept where tails start
             ctx_resid: dict[int, Tensor] = {}
             base_cache = DynamicCache()
-            base_logits = forward(tokens, base_cache, [(f"blocks.{s}.hook_resid_pre", _keep(ctx_resid, s))
-                                                       for s in starts])
+            base_logits = forward(
+                tokens, base_cache, [(f"blocks.{s}.hook_resid_pre", _keep(ctx_resid, s)) for s in starts]
+            )
             chunk_inputs = []
             base_cont_logits = []
             for chunk in cont_chunks:
@@ -152,9 +153,13 @@ def score_conditions_reuse(
                 mask = torch.cat([ctx_mask[rows], torch.ones((len(chunk), n_new), dtype=torch.long, device=device)], 1)
                 positions = lengths[rows][:, None] + torch.arange(n_new, device=device)[None, :]
                 resid: dict[int, Tensor] = {}
-                out = forward(cont_tokens, _rows(base_cache, rows),
-                              [(f"blocks.{s}.hook_resid_pre", _keep(resid, s)) for s in starts],
-                              attention_mask=mask, position_ids=positions)
+                out = forward(
+                    cont_tokens,
+                    _rows(base_cache, rows),
+                    [(f"blocks.{s}.hook_resid_pre", _keep(resid, s)) for s in starts],
+                    attention_mask=mask,
+                    position_ids=positions,
+                )
                 chunk_inputs.append((rows, cont_tokens, mask, positions, resid))
                 base_cont_logits.append(out)
 
@@ -185,8 +190,11 @@ def score_conditions_reuse(
 
             if baseline:
                 last = base_logits[torch.arange(B, device=device), lengths - 1]
-                score(ids[baseline[0]], torch.log_softmax(last, dim=-1),
-                      [torch.log_softmax(o, dim=-1) for o in base_cont_logits])
+                score(
+                    ids[baseline[0]],
+                    torch.log_softmax(last, dim=-1),
+                    [torch.log_softmax(o, dim=-1) for o in base_cont_logits],
+                )
             del base_logits, base_cont_logits
 
             # 2-3. every condition: its tail on the contexts, then on the choices over its own cache
@@ -210,10 +218,17 @@ def score_conditions_reuse(
                         all_rows = torch.cat([rows + g * B for g in range(k)])
                         hooks = [("hook_embed", lambda x, hook, r=resid[start_layer].repeat(k, 1, 1): r)]
                         for g, i in enumerate(group):
-                            hooks += [(nm, _row_hook(fn, slice(g * n, (g + 1) * n))) for nm, fn in order_hooks(bound[i])]
+                            hooks += [
+                                (nm, _row_hook(fn, slice(g * n, (g + 1) * n))) for nm, fn in order_hooks(bound[i])
+                            ]
                         with adapter.tail_only(model, tail):
-                            out = forward(cont_tokens.repeat(k, 1), _rows(cache, all_rows), hooks,
-                                          attention_mask=mask.repeat(k, 1), position_ids=positions.repeat(k, 1))
+                            out = forward(
+                                cont_tokens.repeat(k, 1),
+                                _rows(cache, all_rows),
+                                hooks,
+                                attention_mask=mask.repeat(k, 1),
+                                position_ids=positions.repeat(k, 1),
+                            )
                         lp = torch.log_softmax(out, dim=-1)
                         for g in range(k):
                             cont_lps[g].append(lp[g * n : (g + 1) * n])
@@ -222,14 +237,17 @@ def score_conditions_reuse(
 
         cut = [i for i in range(len(encoded)) if truncated[i]]
         if cut:  # lm-eval's own window per request, through the window engine
-            sub = score_conditions(model, [requests[i] for i in cut], conditions, batch_size=batch_size,
-                                   max_rows=max_rows)
+            sub = score_conditions(
+                model, [requests[i] for i in cut], conditions, batch_size=batch_size, max_rows=max_rows
+            )
             for cid in ids:
                 for n, i in enumerate(cut):
                     lls[cid][i] = list(sub[cid][n].loglikelihoods)
                     greedy[cid][i] = list(sub[cid][n].is_greedy)
     return {
-        cid: [DocScores(tuple(lls[cid][i]), tuple(greedy[cid][i]), tuple(len(c) for c in encoded[i][1]), truncated[i])
-              for i in range(len(encoded))]
+        cid: [
+            DocScores(tuple(lls[cid][i]), tuple(greedy[cid][i]), tuple(len(c) for c in encoded[i][1]), truncated[i])
+            for i in range(len(encoded))
+        ]
         for cid in ids
     }

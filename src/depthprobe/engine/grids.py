@@ -67,8 +67,9 @@ def layer_grid(model_or_dims: ModelDims | torch.nn.Module) -> list[list[Interven
     return [[skip_layer(layer)] for layer in range(_dims(model_or_dims).n_layers)]
 
 
-def unit_grid(model_or_dims: ModelDims | torch.nn.Module, kind: str, layer: int,
-              **context: Any) -> list[list[Intervention]]:
+def unit_grid(
+    model_or_dims: ModelDims | torch.nn.Module, kind: str, layer: int, **context: Any
+) -> list[list[Intervention]]:
     """Every head (or GQA group) of ``layer`` under intervention type ``kind``, one condition each."""
     dims = _dims(model_or_dims)
     _check_layer(dims, layer)
@@ -114,7 +115,9 @@ def _unit_grids() -> dict[str, str]:
 
 def grid_names() -> list[str]:
     """Every grid spelling ``parse_grid`` accepts."""
-    return ["layers"] + [f"{name}:L" for name in _unit_grids()] + ["blocks:N"] + [f"{name}:all" for name in _unit_grids()]
+    return (
+        ["layers"] + [f"{name}:L" for name in _unit_grids()] + ["blocks:N"] + [f"{name}:all" for name in _unit_grids()]
+    )
 
 
 def parse_grid(model_or_dims: ModelDims | torch.nn.Module, spec: str, **context: Any) -> list[list[Intervention]]:
@@ -159,8 +162,15 @@ def unique_ids(conditions: Sequence[Condition]) -> list[str]:
 def condition_info(condition: Condition) -> dict[str, Any]:
     """What plots and tables need to place a condition: kind, first/last layer, head or group index."""
     if not len(condition):
-        return {"kind": BASELINE, "layer": None, "layer_max": None, "index": None, "n_interventions": 0,
-                "interventions": [], "condition_digest": condition_digest(condition)}
+        return {
+            "kind": BASELINE,
+            "layer": None,
+            "layer_max": None,
+            "index": None,
+            "n_interventions": 0,
+            "interventions": [],
+            "condition_digest": condition_digest(condition),
+        }
     kinds = sorted({iv.kind for iv in condition})
     layers = [iv.layer for iv in condition]
     return {

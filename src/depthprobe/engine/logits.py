@@ -19,16 +19,18 @@ import torch
 from torch import Tensor
 
 from depthprobe import adapter
-from depthprobe.interventions import bind_all, order_hooks, validate
+from depthprobe.engine.grids import BASELINE, Condition, condition_id, unique_ids
 from depthprobe.evaluation.loglikelihood import DocScores, encode_pair
 from depthprobe.identity import ResolvedModel, resolved
-from depthprobe.engine.grids import BASELINE, Condition, condition_id, unique_ids
+from depthprobe.interventions import bind_all, order_hooks, validate
 from depthprobe.types import TokenMask, Tokens
 
 __all__ = ["condition_logits", "iter_condition_logits", "plan_tails", "score_conditions"]
 
 
-def _row_hook(fn: Callable[..., Tensor | None], rows: slice | Callable[[], slice | Tensor]) -> Callable[..., Tensor | None]:
+def _row_hook(
+    fn: Callable[..., Tensor | None], rows: slice | Callable[[], slice | Tensor]
+) -> Callable[..., Tensor | None]:
     """Run an intervention's hook on one row block of the batch only (``rows``, or a callable giving them now)."""
 
     def hook(tensor: Tensor, hook: Any) -> Tensor | None:
@@ -187,7 +189,7 @@ def score_conditions(
             if not cont_ids:
                 raise ValueError(f"request {i}: continuation {cont!r} tokenizes to zero tokens")
             cut |= len(ctx_ids) + len(cont_ids) > max_len + 1
-            window = tuple((ctx_ids + cont_ids)[-(max_len + 1):][:-1])
+            window = tuple((ctx_ids + cont_ids)[-(max_len + 1) :][:-1])
             per_choice.append((windows.setdefault(window, len(windows)), len(window), cont_ids))
         where.append(per_choice)
         truncated.append(cut)
@@ -215,7 +217,9 @@ def score_conditions(
                     lls[cid][i][j] = lp.gather(1, target[:, None])[:, 0].sum().item()
                     greedy[cid][i][j] = bool((lp.argmax(-1) == target).all())
     return {
-        cid: [DocScores(tuple(lls[cid][i]), tuple(greedy[cid][i]), tuple(len(c) for _, _, c in where[i]), truncated[i])
-              for i in range(len(where))]
+        cid: [
+            DocScores(tuple(lls[cid][i]), tuple(greedy[cid][i]), tuple(len(c) for _, _, c in where[i]), truncated[i])
+            for i in range(len(where))
+        ]
         for cid in ids
     }

@@ -37,9 +37,7 @@ def apply_chat_template(
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **kwargs
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
 
 
 def generate_chat(
@@ -63,10 +61,7 @@ def generate_chat(
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError("generate_chat needs a model with a tokenizer (model.tokenizer is None)")
-    rendered = [
-        apply_chat_template(tokenizer, p, enable_thinking=enable_thinking, system=system)
-        for p in prompts
-    ]
+    rendered = [apply_chat_template(tokenizer, p, enable_thinking=enable_thinking, system=system) for p in prompts]
     return generate_until(
         model,
         rendered,

@@ -50,9 +50,7 @@ GSM8K_EXACT_MATCH: dict = {
 MMLU_GENERATIVE_EXACT_MATCH: dict = {"ignore_case": True, "ignore_punctuation": True}
 
 
-def regex_extract(
-    text: str, pattern: str, *, group_select: int = 0, fallback: str = FALLBACK
-) -> str:
+def regex_extract(text: str, pattern: str, *, group_select: int = 0, fallback: str = FALLBACK) -> str:
     """lm-eval's ``regex`` filter on one response: ``findall``, pick a match, first non-empty group, strip."""
     if not isinstance(text, str):
         text = ""

@@ -82,9 +82,7 @@ def _pad_right(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
     return out
 
 
-def _token_scores(
-    logprobs: Tensor, targets: Sequence[int]
-) -> tuple[Tensor, list[bool]]:
+def _token_scores(logprobs: Tensor, targets: Sequence[int]) -> tuple[Tensor, list[bool]]:
     idx = torch.tensor(targets, dtype=torch.long, device=logprobs.device)
     picked = logprobs.gather(1, idx[:, None])[:, 0]
     greedy = (logprobs.argmax(dim=-1) == idx).tolist()
@@ -141,8 +139,9 @@ def score_choices(
             if not c_cont:
                 raise ValueError(f"request {i}: continuation {cont!r} tokenizes to zero tokens")
             if len(c_cont) > max_len:
-                raise ValueError(f"request {i}: continuation of {len(c_cont)} tokens exceeds the model context "
-                                 f"{max_len}")
+                raise ValueError(
+                    f"request {i}: continuation of {len(c_cont)} tokens exceeds the model context {max_len}"
+                )
             ctx = c_ctx
             conts.append(c_cont)
         assert ctx is not None
@@ -229,8 +228,13 @@ def _score_shared(model, encoded, docs, batch_size, device, lls, greedy, stats) 
         mask = torch.cat([ctx_mask[rows], torch.ones((len(chunk), n_new), dtype=torch.long, device=device)], dim=1)
         positions = lengths[rows][:, None] + torch.arange(n_new, device=device)[None, :]
         out = _forward(
-            model, cont_tokens, stats, return_type="logits", past_key_values=_select_cache(cache, rows),
-            attention_mask=mask, position_ids=positions,
+            model,
+            cont_tokens,
+            stats,
+            return_type="logits",
+            past_key_values=_select_cache(cache, rows),
+            attention_mask=mask,
+            position_ids=positions,
         )
         logprobs = torch.log_softmax(out, dim=-1)
         for b, j in multi:
@@ -254,7 +258,7 @@ def _score_full(model, encoded, pairs, max_len, batch_size, device, lls, greedy,
     where = []
     for i, j in pairs:
         ctx, cont = encoded[i][0], encoded[i][1][j]
-        window = tuple((ctx + cont)[-(max_len + 1):][:-1])
+        window = tuple((ctx + cont)[-(max_len + 1) :][:-1])
         where.append((rows.setdefault(window, len(rows)), window, cont))
     windows = list(rows)
     for start in range(0, len(windows), batch_size):

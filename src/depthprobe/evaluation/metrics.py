@@ -6,7 +6,6 @@ Ties go to the first choice (``numpy.argmax``). Standard errors are lm-eval's
 ``mean_stderr``: sample standard deviation over ``sqrt(n)``.
 """
 
-
 import math
 from collections.abc import Sequence
 
@@ -52,5 +51,13 @@ def exact_match(
 
     The rule lives in :func:`depthprobe.evaluation.filters.exact_match`.
     """
-    return exact_match_score(prediction, reference, ignore_case=ignore_case, ignore_punctuation=ignore_punctuation,
-                             regexes_to_ignore=list(regexes_to_ignore)) == 1.0
+    return (
+        exact_match_score(
+            prediction,
+            reference,
+            ignore_case=ignore_case,
+            ignore_punctuation=ignore_punctuation,
+            regexes_to_ignore=list(regexes_to_ignore),
+        )
+        == 1.0
+    )

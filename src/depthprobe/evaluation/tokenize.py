@@ -45,7 +45,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
         context = context[:-n_spaces]
     whole = tok_encode(tokenizer, context + continuation)
     ctx = tok_encode(tokenizer, context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def encode_context(tokenizer: Any, text: str, add_special_tokens: bool | None = None) -> list[int]:

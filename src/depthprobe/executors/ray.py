@@ -23,7 +23,6 @@ Ray is imported on first use (``pip install 'depthprobe[ray]'``).
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import threading
 from collections import deque
@@ -31,12 +30,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-from depthprobe.identity import model_identity, spec_identity_mismatch
-from depthprobe.model_spec import ModelSpec, as_model_spec
 from depthprobe.engine.grids import condition_id
 from depthprobe.executors.shards import Shard, evaluate_shard, merge_shards
-from depthprobe.sweep.executor import ConditionResult, SweepSpec, UnitRunner, WorkUnit
+from depthprobe.executors.worker import Worker
+from depthprobe.identity import model_identity, spec_identity_mismatch
+from depthprobe.model_spec import ModelSpec, as_model_spec
+from depthprobe.sweep.executor import ConditionResult, SweepSpec, WorkUnit
 from depthprobe.tasks import get_task
 
 __all__ = ["RayExecutor", "evaluate_shard", "merge_shards"]
@@ -48,51 +47,6 @@ def _import_ray() -> Any:
     except ImportError:
         raise ImportError("RayExecutor needs Ray: pip install 'depthprobe[ray]' (ray>=2.50)") from None
     return ray
-
-
-# --- the worker actor -------------------------------------------------------------------------
-
-
-class _Worker:
-    """One Ray actor: loads a model once (reloading only when handed another spec) and runs units."""
-
-    def __init__(self, threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-        self.spec: ModelSpec | None = None
-        self.model: Any = None
-        self.identity: dict[str, Any] | None = None
-        self.runners: dict[bytes, UnitRunner] = {}
-
-    def info(self) -> dict[str, Any]:
-        import ray
-
-        ctx = ray.get_runtime_context()
-        return {"pid": os.getpid(), "node_id": ctx.get_node_id(), "actor_id": ctx.get_actor_id(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "model": None if self.spec is None else str(self.spec)}
-
-    def _ensure(self, spec: ModelSpec) -> None:
-        if spec != self.spec:
-            self.model, self.runners, self.spec = None, {}, None
-            self.model = spec.load()
-            self.identity = model_identity(self.model)
-            self.spec = spec
-
-    def run(self, spec: ModelSpec, sweep: SweepSpec, unit: WorkUnit, shard: Shard | None) -> dict[str, Any]:
-        self._ensure(spec)
-        key = pickle.dumps(sweep)
-        runner = self.runners.get(key)
-        if runner is None:
-            if len(self.runners) >= 4:
-                self.runners.clear()
-            runner = self.runners[key] = UnitRunner(self.model, sweep)
-        if shard is None:
-            results = runner.run(unit)
-        else:
-            results = [evaluate_shard(runner, unit.conditions[0], *shard)]
-        return {"info": self.info(), "identity": self.identity, "results": results}
 
 
 @dataclass
@@ -126,12 +80,24 @@ class RayExecutor:
     :meth:`close` (or the end of a ``with`` block), so several sweeps (a campaign) share them.
     """
 
-    def __init__(self, address: str | None = None, *, num_workers: int | None = None,
-                 num_gpus_per_worker: float | None = None, num_cpus_per_worker: float = 1,
-                 max_restarts: int = 3, max_task_retries: int = 3, max_attempts: int = 3, in_flight: int = 2,
-                 runtime_env: dict[str, Any] | None = None, init_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_workers: int | None = None,
+        num_gpus_per_worker: float | None = None,
+        num_cpus_per_worker: float = 1,
+        max_restarts: int = 3,
+        max_task_retries: int = 3,
+        max_attempts: int = 3,
+        in_flight: int = 2,
+        runtime_env: dict[str, Any] | None = None,
+        init_options: dict[str, Any] | None = None,
+    ) -> None:
         if address is not None and not isinstance(address, str):
-            raise ValueError(f"address must be a string ('auto', 'ray://host:10001', 'host:6379') or None, got {address!r}")
+            raise ValueError(
+                f"address must be a string ('auto', 'ray://host:10001', 'host:6379') or None, got {address!r}"
+            )
         if num_workers is not None:
             _positive("num_workers", num_workers, integer=True)
         if num_gpus_per_worker is not None:
@@ -224,8 +190,10 @@ class RayExecutor:
     def _new_slot(self, model: ModelSpec) -> _Slot:
         ray = self._connect()
         _, gpus = self._resources()
-        cls = ray.remote(_Worker).options(
-            num_cpus=self.num_cpus_per_worker, num_gpus=gpus, max_restarts=self.max_restarts,
+        cls = ray.remote(Worker).options(
+            num_cpus=self.num_cpus_per_worker,
+            num_gpus=gpus,
+            max_restarts=self.max_restarts,
             max_task_retries=self.max_task_retries,
         )
         actor = cls.remote(max(1, int(self.num_cpus_per_worker)))
@@ -289,8 +257,9 @@ class RayExecutor:
             return [(WorkUnit((c,), engine=False), (i, count)) for c in conditions for i in range(count)]
         return [(u, None) for u in units]
 
-    def run(self, model: Any, spec: SweepSpec, units: Sequence[WorkUnit],
-            on_result: Callable[[ConditionResult], None]) -> None:
+    def run(
+        self, model: Any, spec: SweepSpec, units: Sequence[WorkUnit], on_result: Callable[[ConditionResult], None]
+    ) -> None:
         units = list(units)
         if not units:
             return
@@ -302,10 +271,13 @@ class RayExecutor:
         try:
             pickle.dumps(spec)
         except Exception as err:  # noqa: BLE001
-            raise ValueError(f"RayExecutor sends the task to workers and needs it by name (or picklable): {err}") from None
+            raise ValueError(
+                f"RayExecutor sends the task to workers and needs it by name (or picklable): {err}"
+            ) from None
         task = get_task(spec.task, **dict(spec.task_options)) if isinstance(spec.task, str) else spec.task
         queue: deque[tuple[tuple[WorkUnit, Shard | None], int]] = deque(
-            (t, 0) for t in self.plan(units, generation=task.output_type == "generate_until"))
+            (t, 0) for t in self.plan(units, generation=task.output_type == "generate_until")
+        )
         pending: dict[Any, tuple[_Slot, tuple[WorkUnit, Shard | None], int]] = {}
         shards: dict[str, dict[int, ConditionResult]] = {}
         delivered: set[str] = set()
@@ -327,8 +299,10 @@ class RayExecutor:
                     except (RayActorError, WorkerCrashedError, ObjectLostError) as err:
                         self._release(slot, dead=True)
                         if attempt + 1 >= self.max_attempts:
-                            raise RuntimeError(f"unit {job[0].ids} failed on {attempt + 1} workers; last error: "
-                                               f"{str(err).splitlines()[0]}") from err
+                            raise RuntimeError(
+                                f"unit {job[0].ids} failed on {attempt + 1} workers; last error: "
+                                f"{str(err).splitlines()[0]}"
+                            ) from err
                         queue.append((job, attempt + 1))
                         self._count("resubmitted")
                         continue
@@ -336,8 +310,10 @@ class RayExecutor:
                     slot.info = out["info"]
                     mismatch = spec_identity_mismatch(expected, out["identity"])
                     if mismatch:
-                        raise ValueError(f"worker on node {out['info']['node_id'][:12]} loaded {model_spec} with "
-                                         f"{mismatch}; every node needs the same weights at that path")
+                        raise ValueError(
+                            f"worker on node {out['info']['node_id'][:12]} loaded {model_spec} with "
+                            f"{mismatch}; every node needs the same weights at that path"
+                        )
                     self._deliver(task, job, out["results"], shards, delivered, on_result)
         finally:
             for ref, (slot, _, _) in pending.items():
@@ -347,9 +323,15 @@ class RayExecutor:
                     pass
                 self._release(slot)
 
-    def _deliver(self, task: Any, job: tuple[WorkUnit, Shard | None], results: list[ConditionResult],
-                 shards: dict[str, dict[int, ConditionResult]], delivered: set[str],
-                 on_result: Callable[[ConditionResult], None]) -> None:
+    def _deliver(
+        self,
+        task: Any,
+        job: tuple[WorkUnit, Shard | None],
+        results: list[ConditionResult],
+        shards: dict[str, dict[int, ConditionResult]],
+        delivered: set[str],
+        on_result: Callable[[ConditionResult], None],
+    ) -> None:
         unit, shard = job
         if shard is not None:
             (part,) = results

@@ -24,7 +24,6 @@ __all__ = ["Shard", "evaluate_shard", "merge_shards"]
 Shard = tuple[int, int]  # (index, count)
 
 
-
 def evaluate_shard(runner: UnitRunner, condition: Sequence[Any], index: int, count: int) -> ConditionResult:
     """Evaluate ``condition`` on shard ``index`` of ``count`` contiguous slices of the sweep's documents.
 
@@ -36,17 +35,26 @@ def evaluate_shard(runner: UnitRunner, condition: Sequence[Any], index: int, cou
         raise ValueError(f"document shards are for generation tasks; {task.name!r} is {task.output_type}")
     instances = runner.instances
     n = len(instances)
-    part = instances[index * n // count:(index + 1) * n // count]
+    part = instances[index * n // count : (index + 1) * n // count]
     start = time.perf_counter()
     if not part:
         return ConditionResult(list(condition), {}, None, 0.0, {"shard": (index, count)})
     chat = dict(s.chat_options)
     config: dict[str, Any] = {}
     with ablate(runner.model, *condition):
-        result = _evaluate_generation(runner.model, task, part, s.batch_size, s.max_gen_toks, config,
-                                      chat=bool(chat.get("chat", False)), enable_thinking=chat.get("enable_thinking"))
-    return ConditionResult(list(condition), result.metrics, result.samples, time.perf_counter() - start,
-                           {"shard": (index, count)})
+        result = _evaluate_generation(
+            runner.model,
+            task,
+            part,
+            s.batch_size,
+            s.max_gen_toks,
+            config,
+            chat=bool(chat.get("chat", False)),
+            enable_thinking=chat.get("enable_thinking"),
+        )
+    return ConditionResult(
+        list(condition), result.metrics, result.samples, time.perf_counter() - start, {"shard": (index, count)}
+    )
 
 
 def merge_shards(task: Any, parts: Sequence[ConditionResult]) -> ConditionResult:
@@ -58,5 +66,6 @@ def merge_shards(task: Any, parts: Sequence[ConditionResult]) -> ConditionResult
     samples = pd.concat(frames, ignore_index=True)
     gen = task.generation
     metrics = _aggregate(samples, {f"exact_match,{f.name}": f"exact_match,{f.name}" for f in gen.filters})
-    return ConditionResult(list(parts[0].condition), metrics, samples, sum(p.wall_s for p in parts),
-                           {"shards": len(parts)})
+    return ConditionResult(
+        list(parts[0].condition), metrics, samples, sum(p.wall_s for p in parts), {"shards": len(parts)}
+    )

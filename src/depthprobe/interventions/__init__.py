@@ -53,9 +53,7 @@ from depthprobe.interventions.hooks import (
     zero_kv_heads,
     zero_output,
 )
-from depthprobe.interventions.hooks import partial as _partial
 from depthprobe.interventions.mean import MeanHead, MeanReference, head_means, mean_head, register_reference_resolver
-from depthprobe.interventions.weights import WeightEditor, edited_model, hook_free_allowed, plain_model
 from depthprobe.interventions.o_proj import (
     OProjSource,
     PatchOProj,
@@ -65,8 +63,10 @@ from depthprobe.interventions.o_proj import (
     o_proj_reverse,
     patch_o_proj,
 )
+from depthprobe.interventions.weights import WeightEditor, edited_model, hook_free_allowed, plain_model
 
 __all__ = [
+    "Interventions",
     "Bound",
     "WeightEditor",
     "HookFn",

@@ -23,8 +23,19 @@ from depthprobe.interventions.hooks import partial, zero_heads, zero_kv_heads, z
 from depthprobe.models import ModelDims
 
 __all__ = [
-    "SkipAttn", "SkipLayer", "SkipMLP", "ZeroHead", "ZeroHeadWeights", "ZeroKVGroup",
-    "skip_attn", "skip_layer", "skip_layers", "skip_mlp", "zero_head", "zero_head_weights", "zero_kv_group",
+    "SkipAttn",
+    "SkipLayer",
+    "SkipMLP",
+    "ZeroHead",
+    "ZeroHeadWeights",
+    "ZeroKVGroup",
+    "skip_attn",
+    "skip_layer",
+    "skip_layers",
+    "skip_mlp",
+    "zero_head",
+    "zero_head_weights",
+    "zero_kv_group",
 ]
 
 
@@ -181,12 +192,15 @@ class ZeroHeadWeights(OneHead):
     def _make_hooks(self, model: Any, dims: ModelDims) -> Bound:
         group = self.head // dims.group_size
         prefix = f"blocks.{self.layer}.attn"
-        return Bound(self, (
-            (f"{prefix}.hook_q", partial(zero_heads, heads=(self.head,))),
-            (f"{prefix}.hook_k", partial(zero_kv_heads, groups=(group,))),
-            (f"{prefix}.hook_v", partial(zero_kv_heads, groups=(group,))),
-            (f"{prefix}.hook_z", partial(zero_heads, heads=(self.head,))),
-        ))
+        return Bound(
+            self,
+            (
+                (f"{prefix}.hook_q", partial(zero_heads, heads=(self.head,))),
+                (f"{prefix}.hook_k", partial(zero_kv_heads, groups=(group,))),
+                (f"{prefix}.hook_v", partial(zero_kv_heads, groups=(group,))),
+                (f"{prefix}.hook_z", partial(zero_heads, heads=(self.head,))),
+            ),
+        )
 
 
 # --- constructors ---------------------------------------------------------------------------
@@ -243,4 +257,3 @@ def zero_head_weights(layer: int, head: int, *, group_size: int | None = None) -
     if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     return ZeroHeadWeights(check_index("layer", layer), check_index("head", head))
-

@@ -60,7 +60,7 @@ class Bound:
     run after every edit of the same activation; :func:`collect_hooks` orders them so.
     """
 
-    intervention: "Intervention"
+    intervention: Intervention
     edits: tuple[Hook, ...]
     observers: tuple[Hook, ...] = ()
 
@@ -146,7 +146,8 @@ class Intervention:
             raise ValueError(f"{self.id}: head {self.index} out of range; the model has heads 0..{dims.n_heads - 1}")
         if self.unit == "group" and self.index is not None and self.index >= dims.n_kv_heads:
             raise ValueError(
-                f"{self.id}: KV group {self.index} out of range; the model has groups 0..{dims.n_kv_heads - 1}")
+                f"{self.id}: KV group {self.index} out of range; the model has groups 0..{dims.n_kv_heads - 1}"
+            )
 
     def bind(self, model: torch.nn.Module | None) -> Bound:
         """Check against ``model`` and build the hooks; reads weights or activations where the type needs them."""
@@ -166,7 +167,7 @@ class Intervention:
         raise ValueError(f"{self.id} has no exact weight edit (exact_weight_edit is False); run it through hooks")
 
     @classmethod
-    def grid_condition(cls, layer: int, index: int, context: dict[str, Any]) -> "Intervention":
+    def grid_condition(cls, layer: int, index: int, context: dict[str, Any]) -> Intervention:
         """The value for one ``unit`` (head or group) of ``layer`` in the type's grid (``context``: grid options)."""
         return cls(layer, index)
 
@@ -184,11 +185,11 @@ class Intervention:
         return out
 
     @classmethod
-    def _from_fields(cls, fields: dict[str, Any]) -> "Intervention":
+    def _from_fields(cls, fields: dict[str, Any]) -> Intervention:
         return cls(**fields)
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "Intervention":
+    def from_dict(data: dict[str, Any]) -> Intervention:
         """The intervention :meth:`to_dict` described (any registered kind)."""
         if not isinstance(data, dict) or "kind" not in data:
             raise ValueError(f"an intervention dict needs a 'kind' key; got {data!r}")
@@ -197,13 +198,15 @@ class Intervention:
         fields = {k: v for k, v in data.items() if k != "kind"}
         unknown = sorted(set(fields) - names)
         if unknown:
-            raise ValueError(f"{data['kind']}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise ValueError(
+                f"{data['kind']}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
         return cls._from_fields(fields)
 
     _ID_RE: ClassVar[re.Pattern[str]] = re.compile(r"^L(\d+)(?:([HG])(\d+))?$")
 
     @classmethod
-    def _from_id_rest(cls, rest: str) -> "Intervention":
+    def _from_id_rest(cls, rest: str) -> Intervention:
         """Parse the part of an id after ``kind:`` (default grammar ``L<layer>[H<head>|G<group>]``)."""
         m = cls._ID_RE.match(rest)
         letter = {"head": "H", "group": "G", None: None}[cls.unit]
@@ -214,15 +217,17 @@ class Intervention:
         return cls(layer) if letter is None else cls(layer, int(m.group(3)))
 
     @staticmethod
-    def from_id(id: str) -> "Intervention":
+    def from_id(id: str) -> Intervention:
         """The intervention with this id, for every kind whose id carries all its data.
 
         ``Intervention.from_id("head:L35H7") == zero_head(35, 7)``. An ``o_proj`` id does not
         name its source, so it is refused with a pointer to :meth:`from_dict`.
         """
         if not isinstance(id, str) or ":" not in id:
-            raise ValueError(f"bad intervention id {id!r}; expected <kind>:L<layer>..., kinds: "
-                             f"{', '.join(INTERVENTION_TYPES.names())}")
+            raise ValueError(
+                f"bad intervention id {id!r}; expected <kind>:L<layer>..., kinds: "
+                f"{', '.join(INTERVENTION_TYPES.names())}"
+            )
         kind, rest = id.split(":", 1)
         return INTERVENTION_TYPES.get(kind)._from_id_rest(rest)
 
@@ -297,7 +302,7 @@ def register(cls: T) -> T:
 
 # --- per-model cache of what binding reads --------------------------------------------------
 
-_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, Any]]" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
 def model_cache(model: torch.nn.Module, key: Any, compute: Callable[[], Any]) -> Any:

@@ -24,14 +24,12 @@ __all__ = ["HookFn", "partial", "replace_o_proj", "set_heads", "stash_z", "zero_
 HookFn = Callable[..., Tensor | None]
 
 
-def zero_output(
-    out: Resid, hook: HookPoint) -> Resid:
+def zero_output(out: Resid, hook: HookPoint) -> Resid:
     """Replace a block's attention or MLP output by zeros, so the residual passes unchanged."""
     return torch.zeros_like(out)
 
 
-def zero_heads(
-    z: HeadActs, hook: HookPoint, *, heads: tuple[int, ...]) -> HeadActs:
+def zero_heads(z: HeadActs, hook: HookPoint, *, heads: tuple[int, ...]) -> HeadActs:
     """Zero the per-head attention results ``z`` (the o_proj input) of ``heads``."""
     if max(heads) >= z.shape[2]:
         raise ValueError(f"{hook.name}: head {max(heads)} out of range; the layer has {z.shape[2]} heads")
@@ -40,8 +38,7 @@ def zero_heads(
     return z
 
 
-def set_heads(
-    z: HeadActs, hook: HookPoint, *, heads: tuple[int, ...], values: HeadValues) -> HeadActs:
+def set_heads(z: HeadActs, hook: HookPoint, *, heads: tuple[int, ...], values: HeadValues) -> HeadActs:
     """Replace the per-head results ``z`` of ``heads`` by fixed vectors ``values`` [len(heads), d_head] at every position."""
     if max(heads) >= z.shape[2]:
         raise ValueError(f"{hook.name}: head {max(heads)} out of range; the layer has {z.shape[2]} heads")
@@ -50,8 +47,7 @@ def set_heads(
     return z
 
 
-def zero_kv_heads(
-    kv: KVHeadActs, hook: HookPoint, *, groups: tuple[int, ...]) -> KVHeadActs:
+def zero_kv_heads(kv: KVHeadActs, hook: HookPoint, *, groups: tuple[int, ...]) -> KVHeadActs:
     """Zero the keys or values of KV heads ``groups`` (under GQA, shared by a group of query heads)."""
     if max(groups) >= kv.shape[2]:
         raise ValueError(f"{hook.name}: KV head {max(groups)} out of range; the layer has {kv.shape[2]}")
@@ -60,16 +56,13 @@ def zero_kv_heads(
     return kv
 
 
-def replace_o_proj(
-    out: Resid, hook: HookPoint, *, weight: OProjWeight, stash: dict[str, Tensor]
-) -> Resid:
+def replace_o_proj(out: Resid, hook: HookPoint, *, weight: OProjWeight, stash: dict[str, Tensor]) -> Resid:
     """Recompute the o_proj output from the stashed ``z`` with ``weight`` in place of W_O."""
     z = stash.pop("z")
     return F.linear(z.flatten(-2), weight.to(device=z.device, dtype=z.dtype))
 
 
-def stash_z(
-    z: HeadActs, hook: HookPoint, *, stash: dict[str, Tensor]) -> None:
+def stash_z(z: HeadActs, hook: HookPoint, *, stash: dict[str, Tensor]) -> None:
     """Remember the o_proj input of this forward for :func:`replace_o_proj`."""
     stash["z"] = z
 

@@ -87,23 +87,44 @@ class MeanReference:
         if isinstance(reference, str):
             m = _LABEL_RE.match(reference.strip())
             if m is None or m.group("task") == "texts":
-                raise ValueError(f"bad mean reference {reference!r}; expected a task name, 'task:limit', "
-                                 f"or a list of texts")
-            opts = tuple(sorted((k, _option_value(v)) for k, v in
-                                (kv.split("=", 1) for kv in (m.group("opts") or "").split(",") if kv)))
-            return MeanReference(task=m.group("task"), limit=int(m.group("limit")) if m.group("limit") else None,
-                                 num_fewshot=int(m.group("shots")) if m.group("shots") else None, options=opts)
+                raise ValueError(
+                    f"bad mean reference {reference!r}; expected a task name, 'task:limit', or a list of texts"
+                )
+            opts = tuple(
+                sorted(
+                    (k, _option_value(v))
+                    for k, v in (kv.split("=", 1) for kv in (m.group("opts") or "").split(",") if kv)
+                )
+            )
+            return MeanReference(
+                task=m.group("task"),
+                limit=int(m.group("limit")) if m.group("limit") else None,
+                num_fewshot=int(m.group("shots")) if m.group("shots") else None,
+                options=opts,
+            )
         if isinstance(reference, Sequence):
             return MeanReference(texts=tuple(reference))
-        raise ValueError(f"mean reference must be a task name, 'task:limit' or a list of texts; "
-                         f"got {type(reference).__name__}")
+        raise ValueError(
+            f"mean reference must be a task name, 'task:limit' or a list of texts; got {type(reference).__name__}"
+        )
 
     @staticmethod
-    def for_task(task: str, *, limit: int | None = None, num_fewshot: int | None = None,
-                 data_dir: str | os.PathLike[str] | None = None, **options: Any) -> MeanReference:
+    def for_task(
+        task: str,
+        *,
+        limit: int | None = None,
+        num_fewshot: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> MeanReference:
         """A task's prompts as the reference (the documents ``evaluate`` would score)."""
-        return MeanReference(task=task, limit=limit, num_fewshot=num_fewshot, options=tuple(sorted(options.items())),
-                             data_dir=None if data_dir is None else str(data_dir))
+        return MeanReference(
+            task=task,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            options=tuple(sorted(options.items())),
+            data_dir=None if data_dir is None else str(data_dir),
+        )
 
     @property
     def label(self) -> str:
@@ -125,15 +146,21 @@ class MeanReference:
         if self.texts is not None:
             return list(self.texts)
         if _resolver is None:
-            raise RuntimeError(f"mean reference {self.label!r} names a task, but no task resolver is registered: "
-                               "import depthprobe.tasks (it registers one), or pass the texts")
+            raise RuntimeError(
+                f"mean reference {self.label!r} names a task, but no task resolver is registered: "
+                "import depthprobe.tasks (it registers one), or pass the texts"
+            )
         return list(_resolver(self))
 
     def to_dict(self) -> dict[str, Any]:
         if self.texts is not None:
             return {"texts": list(self.texts)}
-        out: dict[str, Any] = {"task": self.task, "limit": self.limit, "num_fewshot": self.num_fewshot,
-                               "options": {k: v for k, v in self.options}}
+        out: dict[str, Any] = {
+            "task": self.task,
+            "limit": self.limit,
+            "num_fewshot": self.num_fewshot,
+            "options": {k: v for k, v in self.options},
+        }
         if self.data_dir is not None:
             out["data_dir"] = self.data_dir
         return out
@@ -142,9 +169,13 @@ class MeanReference:
     def from_dict(data: dict[str, Any]) -> MeanReference:
         if "texts" in data:
             return MeanReference(texts=tuple(data["texts"]))
-        return MeanReference(task=data["task"], limit=data.get("limit"), num_fewshot=data.get("num_fewshot"),
-                             options=tuple(sorted((data.get("options") or {}).items())),
-                             data_dir=data.get("data_dir"))
+        return MeanReference(
+            task=data["task"],
+            limit=data.get("limit"),
+            num_fewshot=data.get("num_fewshot"),
+            options=tuple(sorted((data.get("options") or {}).items())),
+            data_dir=data.get("data_dir"),
+        )
 
 
 def _active_hooks(model: torch.nn.Module) -> bool:
@@ -166,8 +197,10 @@ def head_means(model: torch.nn.Module, layer: int, texts: Sequence[str], *, batc
     if not texts:
         raise ValueError("mean ablation needs at least one reference text")
     if _active_hooks(model):
-        raise ValueError("mean_head's reference mean must be computed on the unablated model, but hooks are active: "
-                         "bind it outside other interventions (pass all of them to one ablate call)")
+        raise ValueError(
+            "mean_head's reference mean must be computed on the unablated model, but hooks are active: "
+            "bind it outside other interventions (pass all of them to one ablate call)"
+        )
     device = next(model.parameters()).device
     pad = adapter.pad_token_id(tokenizer)
     name = f"blocks.{layer}.attn.hook_z"
@@ -231,18 +264,22 @@ class MeanHead(OneHead):
     def _from_id_rest(cls, rest: str) -> Intervention:
         m = re.match(r"^L(\d+)H(\d+)@(.+)$", rest)
         if m is None:
-            raise ValueError(f"bad mean_head id mean_head:{rest!r}; "
-                             "expected mean_head:L<layer>H<head>@<task>[:<limit>]")
+            raise ValueError(
+                f"bad mean_head id mean_head:{rest!r}; expected mean_head:L<layer>H<head>@<task>[:<limit>]"
+            )
         if m.group(3).startswith("texts:"):
-            raise ValueError(f"mean_head:{rest} names its reference texts only by digest: rebuild it with "
-                             f"Intervention.from_dict(iv.to_dict())")
+            raise ValueError(
+                f"mean_head:{rest} names its reference texts only by digest: rebuild it with "
+                f"Intervention.from_dict(iv.to_dict())"
+            )
         return cls(int(m.group(1)), int(m.group(2)), MeanReference.of(m.group(3)))
 
     @classmethod
     def grid_condition(cls, layer: int, index: int, context: dict[str, Any]) -> Intervention:
         if context.get("reference") is None:
-            raise ValueError("grid mean_heads:L needs a reference (run_sweep uses its task; "
-                             "parse_grid(..., reference='task:limit'))")
+            raise ValueError(
+                "grid mean_heads:L needs a reference (run_sweep uses its task; parse_grid(..., reference='task:limit'))"
+            )
         return cls(layer, index, MeanReference.of(context["reference"]))
 
 

@@ -92,7 +92,9 @@ def load_o_proj_weights(source: Union[str, os.PathLike, torch.nn.Module], layers
     for layer in layers:
         key = f"model.layers.{layer}.self_attn.o_proj.weight"
         if weight_map is not None and key not in weight_map:
-            raise ValueError(f"{source} has no tensor {key}; is it a Llama/Qwen-style checkpoint with that many layers?")
+            raise ValueError(
+                f"{source} has no tensor {key}; is it a Llama/Qwen-style checkpoint with that many layers?"
+            )
         file = fetch(weight_map[key] if weight_map is not None else "model.safetensors")
         with safe_open(str(file), framework="pt") as f:
             if key not in f.keys():
@@ -124,7 +126,7 @@ class OProjSource:
     model_type: str | None = field(default=None, compare=False)
 
     @staticmethod
-    def of(source: SourceLike, layer: int) -> "OProjSource":
+    def of(source: SourceLike, layer: int) -> OProjSource:
         """A reference to ``source``: a directory, hub id or alias, a tensor, or a model (its ``layer`` is read now)."""
         if isinstance(source, OProjSource):
             return source
@@ -140,8 +142,9 @@ class OProjSource:
             if str(source).startswith((".", "/", "~")) or not str(source).strip():
                 raise ValueError(f"o_proj source {str(source)!r} is not a model or a checkpoint directory")
             return OProjSource("hub", str(source))
-        raise ValueError(f"o_proj source must be a checkpoint directory, hub id, model or tensor; "
-                         f"got {type(source).__name__}")
+        raise ValueError(
+            f"o_proj source must be a checkpoint directory, hub id, model or tensor; got {type(source).__name__}"
+        )
 
     def weight(self, layer: int) -> Tensor:
         """The source's o_proj weight of ``layer`` (read from disk or the hub for path and hub sources)."""
@@ -169,7 +172,7 @@ class OProjSource:
         return out
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> "OProjSource":
+    def from_dict(data: dict[str, Any]) -> OProjSource:
         kind = data.get("type")
         if kind not in ("path", "hub", "tensor"):
             raise ValueError(f"o_proj source type {kind!r} unknown; valid: path, hub, tensor")
@@ -227,22 +230,29 @@ class PatchOProj(Intervention):
 
     def check(self, dims: ModelDims) -> None:
         if self.layer >= dims.n_layers:
-            raise ValueError(f"{self.id}: layer {self.layer} out of range; the target model has layers "
-                             f"0..{dims.n_layers - 1}")
+            raise ValueError(
+                f"{self.id}: layer {self.layer} out of range; the target model has layers 0..{dims.n_layers - 1}"
+            )
         for h in self.heads or ():
             if h >= dims.n_heads:
-                raise ValueError(f"{self.id}: head {h} out of range; layer {self.layer} has heads 0..{dims.n_heads - 1}")
+                raise ValueError(
+                    f"{self.id}: head {h} out of range; layer {self.layer} has heads 0..{dims.n_heads - 1}"
+                )
 
     def patched_weight(self, model: torch.nn.Module, dims: ModelDims) -> Tensor:
         """The o_proj weight this patch puts in place of the model's (the model's own is not modified)."""
         src_type, tgt_type = self.source.source_model_type(), adapter.model_type(model)
         if src_type is not None and tgt_type is not None and src_type != tgt_type:
-            raise ValueError(f"o_proj source is a {src_type} model but the target is {tgt_type}; architectures must match")
+            raise ValueError(
+                f"o_proj source is a {src_type} model but the target is {tgt_type}; architectures must match"
+            )
         w_tgt = adapter.o_proj_weight(model, self.layer).detach()
         w_src = self.source.weight(self.layer)
         if tuple(w_src.shape) != tuple(w_tgt.shape):
-            raise ValueError(f"o_proj of layer {self.layer}: source shape {tuple(w_src.shape)} differs from "
-                             f"target shape {tuple(w_tgt.shape)}")
+            raise ValueError(
+                f"o_proj of layer {self.layer}: source shape {tuple(w_src.shape)} differs from "
+                f"target shape {tuple(w_tgt.shape)}"
+            )
         w_src = w_src.to(device=w_tgt.device, dtype=w_tgt.dtype)
         cols: Any = slice(None)
         if self.heads is not None:
@@ -262,21 +272,32 @@ class PatchOProj(Intervention):
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "layer": self.layer, "source": self.source.to_dict(), "alpha": float(self.alpha),
-                "heads": None if self.heads is None else list(self.heads)}
+        return {
+            "kind": self.kind,
+            "layer": self.layer,
+            "source": self.source.to_dict(),
+            "alpha": float(self.alpha),
+            "heads": None if self.heads is None else list(self.heads),
+        }
 
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> Intervention:
         fields = dict(fields)
         heads = fields.pop("heads", None)
         source = fields.pop("source")
-        return cls(fields.pop("layer"), OProjSource.from_dict(source) if isinstance(source, dict) else source,
-                   float(fields.pop("alpha", 1.0)), None if heads is None else tuple(int(h) for h in heads))
+        return cls(
+            fields.pop("layer"),
+            OProjSource.from_dict(source) if isinstance(source, dict) else source,
+            float(fields.pop("alpha", 1.0)),
+            None if heads is None else tuple(int(h) for h in heads),
+        )
 
     @classmethod
     def _from_id_rest(cls, rest: str) -> Intervention:
-        raise ValueError(f"o_proj:{rest} names no source: rebuild it with Intervention.from_dict(iv.to_dict()) "
-                         f"or patch_o_proj(layer, source)")
+        raise ValueError(
+            f"o_proj:{rest} names no source: rebuild it with Intervention.from_dict(iv.to_dict()) "
+            f"or patch_o_proj(layer, source)"
+        )
 
 
 def patch_o_proj(
@@ -299,8 +320,7 @@ def patch_o_proj(
     check_index("layer", layer)
     if isinstance(alpha, int) and not isinstance(alpha, bool):
         alpha = float(alpha)
-    iv = PatchOProj(layer, OProjSource.of(source, layer), alpha,
-                    None if heads is None else tuple(heads))
+    iv = PatchOProj(layer, OProjSource.of(source, layer), alpha, None if heads is None else tuple(heads))
     if target is not None:
         iv.bind(target)
     return iv
@@ -314,21 +334,24 @@ def _patches(target: torch.nn.Module | ModelDims, source: SourceLike, alpha: flo
     return [patch_o_proj(layer, source, alpha=alpha) for layer in range(_n_layers(target))]
 
 
-def o_proj_per_layer(target: torch.nn.Module | ModelDims, source: SourceLike, *, alpha: float = 1.0
-                     ) -> list[list[Intervention]]:
+def o_proj_per_layer(
+    target: torch.nn.Module | ModelDims, source: SourceLike, *, alpha: float = 1.0
+) -> list[list[Intervention]]:
     """Per-layer replacement: condition k patches layer k alone."""
     return [[p] for p in _patches(target, source, alpha)]
 
 
-def o_proj_accumulative(target: torch.nn.Module | ModelDims, source: SourceLike, *, alpha: float = 1.0
-                        ) -> list[list[Intervention]]:
+def o_proj_accumulative(
+    target: torch.nn.Module | ModelDims, source: SourceLike, *, alpha: float = 1.0
+) -> list[list[Intervention]]:
     """Accumulative replacement: condition k patches layers 0..k."""
     patches = _patches(target, source, alpha)
     return [patches[: k + 1] for k in range(len(patches))]
 
 
-def o_proj_reverse(target: torch.nn.Module | ModelDims, source: SourceLike, *, alpha: float = 1.0
-                   ) -> list[list[Intervention]]:
+def o_proj_reverse(
+    target: torch.nn.Module | ModelDims, source: SourceLike, *, alpha: float = 1.0
+) -> list[list[Intervention]]:
     """Reverse (top-down) accumulative replacement: condition k patches layers k..L-1.
 
     Listed from the last layer alone (k = L-1) down to all layers (k = 0).

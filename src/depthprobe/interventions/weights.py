@@ -25,8 +25,15 @@ from depthprobe import adapter
 from depthprobe.interventions.base import INTERVENTION_TYPES, Intervention, flatten, model_cache
 from depthprobe.models import ModelDims, model_dims
 
-__all__ = ["RowEdits", "WeightEditor", "edited_model", "hook_free_allowed", "kept_layers", "plain_model",
-           "require_exact"]
+__all__ = [
+    "RowEdits",
+    "WeightEditor",
+    "edited_model",
+    "hook_free_allowed",
+    "kept_layers",
+    "plain_model",
+    "require_exact",
+]
 
 
 def _unwrap(module: Any) -> Any:
@@ -91,8 +98,9 @@ def require_exact(interventions: Iterable[Any]) -> list[Intervention]:
     bad = [iv.id for iv in flat if not type(iv).exact_weight_edit]
     if bad:
         ok = sorted(t.kind for t in INTERVENTION_TYPES if t.exact_weight_edit)
-        raise ValueError(f"{', '.join(bad)} cannot run hook-free (no exact weight edit); kinds that can: "
-                         f"{', '.join(ok)}")
+        raise ValueError(
+            f"{', '.join(bad)} cannot run hook-free (no exact weight edit); kinds that can: {', '.join(ok)}"
+        )
     return flat
 
 
@@ -143,7 +151,9 @@ class WeightEditor:
         target = self.tensor(layer, module)
         assert target is not None
         if tuple(weight.shape) != tuple(target.shape):
-            raise ValueError(f"layer {layer} {module}: replacement shape {tuple(weight.shape)} != {tuple(target.shape)}")
+            raise ValueError(
+                f"layer {layer} {module}: replacement shape {tuple(weight.shape)} != {tuple(target.shape)}"
+            )
         target.copy_(weight)
 
     def drop_layer(self, layer: int) -> None:
@@ -226,8 +236,9 @@ class RowEdits:
     forward shared by all conditions. Cheap forward hooks on the plain model, none on the bridge.
     """
 
-    def __init__(self, model: torch.nn.Module, conditions: Sequence[Iterable[Any]], *,
-                 attn_implementation: str | None = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, conditions: Sequence[Iterable[Any]], *, attn_implementation: str | None = None
+    ) -> None:
         dims = model_dims(model)
         self.plain = plain_model(model, attn_implementation=attn_implementation)
         self.editors = [_editor(model, self.plain, dims, c) for c in conditions]
@@ -238,9 +249,14 @@ class RowEdits:
         return self.editors[index].first_layer
 
     @contextlib.contextmanager
-    def applied(self, members: Sequence[int] | None = None, *, start: int = 0,
-                start_hidden: Tensor | None = None,
-                block_rows: Sequence[Tensor] | None = None) -> Iterator[torch.nn.Module]:
+    def applied(
+        self,
+        members: Sequence[int] | None = None,
+        *,
+        start: int = 0,
+        start_hidden: Tensor | None = None,
+        block_rows: Sequence[Tensor] | None = None,
+    ) -> Iterator[torch.nn.Module]:
         """The plain model with block ``j`` of every batch under condition ``members[j]`` (default: all, in order).
 
         ``start`` > 0 runs layers ``start..`` only (KV-cache index 0 is layer ``start``), with
@@ -311,7 +327,9 @@ def _linear_rows(entries: list[tuple[int, Tensor, Tensor | None]], layout: _Layo
 def _identity_rows(blocks: list[int], layout: _Layout) -> Any:
     def hook(module: torch.nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         if not isinstance(out, Tensor):
-            raise TypeError(f"row-wise layer removal expects a decoder layer returning a tensor, got {type(out).__name__}")
+            raise TypeError(
+                f"row-wise layer removal expects a decoder layer returning a tensor, got {type(out).__name__}"
+            )
         hidden = args[0]
         for j in blocks:
             rows = layout.rows(j, hidden.shape[0])
@@ -333,8 +351,9 @@ def _set_input(hidden: Tensor) -> Any:
 
 
 @contextlib.contextmanager
-def edited_model(model: torch.nn.Module, *interventions: Any,
-                 attn_implementation: str | None = None) -> Iterator[torch.nn.Module]:
+def edited_model(
+    model: torch.nn.Module, *interventions: Any, attn_implementation: str | None = None
+) -> Iterator[torch.nn.Module]:
     """The plain Hugging Face model of ``model`` with the exact weight edits of ``interventions`` in place.
 
     Only the touched tensors are copied; on exit (normal or not) the plain model is restored.

@@ -54,8 +54,7 @@ N_OPEN_COUNTRIES = 30  # countries only ever described in the prompt
 N_OPEN_VALUES = 60
 N_CHOICES = 4
 
-_ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "k", "kr", "l", "m", "n", "p", "pr", "r", "s",
-           "st", "t", "tr", "v", "z", "th", "sh", "qu"]
+_ONSETS = "b br d dr f g gr k kr l m n p pr r s st t tr v z th sh qu".split()
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ei"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "m", "x"]
 
@@ -71,10 +70,12 @@ RETRIEVAL_KEYS: tuple[str, ...] = tuple(
     napkin pirate quartz radish saucer sponge thunder trumpet umbrella vessel whistle""".split()
 )
 
-_NAMES = ("Mila Tom Ana Ben Lila Omar Nina Sam Ravi Zoe Leo Ivy Max Ella Finn Maya Hugo Lena "
-          "Owen Ruby Theo Iris Noah Cleo").split()
-_ITEMS = ("apples pears coins stamps marbles shells books cards pencils cookies eggs plums "
-          "buttons stickers rocks beads").split()
+_NAMES = (
+    "Mila Tom Ana Ben Lila Omar Nina Sam Ravi Zoe Leo Ivy Max Ella Finn Maya Hugo Lena Owen Ruby Theo Iris Noah Cleo"
+).split()
+_ITEMS = (
+    "apples pears coins stamps marbles shells books cards pencils cookies eggs plums buttons stickers rocks beads"
+).split()
 _ADD = ("buys {n} more", "finds {n} more", "gets {n} more", "picks {n} more")
 _SUB = ("eats {n}", "gives away {n}", "loses {n}", "sells {n}")
 
@@ -114,9 +115,7 @@ def _world() -> dict[str, Any]:
         answers[rel], rest = rest[:N_COUNTRIES], rest[N_COUNTRIES:]
     open_countries, rest = rest[:N_OPEN_COUNTRIES], rest[N_OPEN_COUNTRIES:]
     open_values = rest[:N_OPEN_VALUES]
-    learned = tuple(
-        Fact(rel, country, answers[rel][i]) for i, country in enumerate(countries) for rel in RELATIONS
-    )
+    learned = tuple(Fact(rel, country, answers[rel][i]) for i, country in enumerate(countries) for rel in RELATIONS)
     return {"facts": learned, "answers": answers, "open_countries": open_countries, "open_values": open_values}
 
 
@@ -144,9 +143,19 @@ def knowledge_docs(seed: int = 0) -> list[dict[str, Any]]:
     docs = []
     for i, f in enumerate(facts()):
         choices, gold = _choices(f.answer, _world()["answers"][f.relation], rng)
-        docs.append({"doc_id": i, "family": "knowledge", "relation": f.relation, "subject": f.subject,
-                     "context": f.statement(), "choices": choices, "gold": gold, "answer": f.answer,
-                     "target_delimiter": " "})
+        docs.append(
+            {
+                "doc_id": i,
+                "family": "knowledge",
+                "relation": f.relation,
+                "subject": f.subject,
+                "context": f.statement(),
+                "choices": choices,
+                "gold": gold,
+                "answer": f.answer,
+                "target_delimiter": " ",
+            }
+        )
     return docs
 
 
@@ -156,10 +165,21 @@ def closedbook_docs(seed: int = 0) -> list[dict[str, Any]]:
     docs = []
     for i, f in enumerate(facts()):
         choices, gold = _choices(f.answer, _world()["answers"][f.relation], rng)
-        docs.append({"doc_id": i, "family": "closedbook", "relation": f.relation, "subject": f.subject,
-                     "question": _question(f.question()), "evidence": "",
-                     "context": _question(f.question()), "choices": choices, "gold": gold,
-                     "answer": f.answer, "target_delimiter": " "})
+        docs.append(
+            {
+                "doc_id": i,
+                "family": "closedbook",
+                "relation": f.relation,
+                "subject": f.subject,
+                "question": _question(f.question()),
+                "evidence": "",
+                "context": _question(f.question()),
+                "choices": choices,
+                "gold": gold,
+                "answer": f.answer,
+                "target_delimiter": " ",
+            }
+        )
     return docs
 
 
@@ -168,16 +188,27 @@ def _openbook_doc(rng: random.Random) -> dict[str, Any]:
     subj, other = rng.sample(w["open_countries"], 2)
     rel, rel2 = rng.choice(list(RELATIONS)), rng.choice(list(RELATIONS))
     answer, other_answer = rng.sample(w["open_values"], 2)
-    lines = [f"Fact: {RELATIONS[rel][0].format(s=subj)} {answer}.",
-             f"Fact: {RELATIONS[rel2][0].format(s=other)} {other_answer}."]
+    lines = [
+        f"Fact: {RELATIONS[rel][0].format(s=subj)} {answer}.",
+        f"Fact: {RELATIONS[rel2][0].format(s=other)} {other_answer}.",
+    ]
     if rng.random() < 0.5:
         lines.reverse()
     evidence = "\n".join(lines) + "\n"
     question = _question(RELATIONS[rel][1].format(s=subj))
     choices, gold = _choices(answer, [v for v in w["open_values"] if v != other_answer], rng)
-    return {"family": "openbook", "relation": rel, "subject": subj, "evidence": evidence,
-            "question": question, "context": evidence + question, "choices": choices, "gold": gold,
-            "answer": answer, "target_delimiter": " "}
+    return {
+        "family": "openbook",
+        "relation": rel,
+        "subject": subj,
+        "evidence": evidence,
+        "question": question,
+        "context": evidence + question,
+        "choices": choices,
+        "gold": gold,
+        "answer": answer,
+        "target_delimiter": " ",
+    }
 
 
 def openbook_docs(n: int = 200, seed: int = 0) -> list[dict[str, Any]]:
@@ -200,10 +231,17 @@ def _retrieval_doc(rng: random.Random, n_pairs: int) -> dict[str, Any]:
     keys = rng.sample(RETRIEVAL_KEYS, n_pairs)
     values = rng.sample(range(100), n_pairs)
     gold = rng.randrange(n_pairs)
-    return {"family": "retrieval", "keys": keys, "values": values, "query": keys[gold],
-            "context": retrieval_prompt(list(zip(keys, values)), keys[gold]),
-            "choices": [str(v) for v in values], "gold": gold, "answer": str(values[gold]),
-            "target_delimiter": ""}
+    return {
+        "family": "retrieval",
+        "keys": keys,
+        "values": values,
+        "query": keys[gold],
+        "context": retrieval_prompt(list(zip(keys, values)), keys[gold]),
+        "choices": [str(v) for v in values],
+        "gold": gold,
+        "answer": str(values[gold]),
+        "target_delimiter": "",
+    }
 
 
 def retrieval_docs(n: int = 200, n_pairs: int = 8, seed: int = 0) -> list[dict[str, Any]]:
@@ -237,8 +275,14 @@ def _reasoning_doc(rng: random.Random, ops: tuple[int, ...] = EVAL_OPS) -> dict[
     q.append(f"How many {item} does {name} have now?")
     cot.append(f"The answer is {total}.")
     question = " ".join(q)
-    return {"family": "reasoning", "question": question, "context": f"Q: {question}\nA:",
-            "cot": " ".join(cot), "answer": str(total), "n_steps": n_ops}
+    return {
+        "family": "reasoning",
+        "question": question,
+        "context": f"Q: {question}\nA:",
+        "cot": " ".join(cot),
+        "answer": str(total),
+        "n_steps": n_ops,
+    }
 
 
 def reasoning_fewshot(k: int = 8) -> list[dict[str, Any]]:
@@ -267,6 +311,7 @@ def gsm8k_cot_prompt(doc: dict[str, Any], shots: list[dict[str, Any]] = ()) -> s
 
 # ---------------------------------------------------------------------------------------
 # Training examples: a list of (text, has_loss) segments; concatenated they form the document.
+
 
 @cache
 def _held_out() -> frozenset[str]:
@@ -317,14 +362,20 @@ def corpus_for_vocabulary() -> list[str]:
     """Texts covering every word the generators can produce (the tokenizer's vocabulary)."""
     w = _world()
     texts = [f"{f.statement()} {f.answer}. {_question(f.question())} {f.answer}\n" for f in facts()]
-    texts += [f"Fact: {RELATIONS[r][0].format(s=c)} {v}.\n{_question(RELATIONS[r][1].format(s=c))} {v}"
-              for r in RELATIONS for c in w["open_countries"] for v in w["open_values"][:1]]
+    texts += [
+        f"Fact: {RELATIONS[r][0].format(s=c)} {v}.\n{_question(RELATIONS[r][1].format(s=c))} {v}"
+        for r in RELATIONS
+        for c in w["open_countries"]
+        for v in w["open_values"][:1]
+    ]
     texts += [" ".join(w["open_values"])]
     texts += [retrieval_prompt([(k, i) for i, k in enumerate(RETRIEVAL_KEYS)], k) for k in RETRIEVAL_KEYS[:1]]
     texts += [f"'{k}'" for k in RETRIEVAL_KEYS]
     for name in _NAMES:
         for item in _ITEMS:
-            texts.append(f"Q: {name} has 3 {item}. Then {name} {' '.join(a.format(n=1) for a in _ADD + _SUB)} "
-                         f"{item}. How many {item} does {name} have now?\nA: {name} starts with 3 {item}. "
-                         "3 + 1 = 4. 4 - 1 = 3. The answer is 3.\n\n")
+            texts.append(
+                f"Q: {name} has 3 {item}. Then {name} {' '.join(a.format(n=1) for a in _ADD + _SUB)} "
+                f"{item}. How many {item} does {name} have now?\nA: {name} starts with 3 {item}. "
+                "3 + 1 = 4. 4 - 1 = 3. The answer is 3.\n\n"
+            )
     return texts

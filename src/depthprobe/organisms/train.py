@@ -21,20 +21,27 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from depthprobe import adapter
-from depthprobe.evaluation.decode import LoopDecoder
-from depthprobe.evaluation.filters import GSM8K_COT_STRICT, GSM8K_EXACT_MATCH, exact_match, regex_extract
-from depthprobe.evaluation.loglikelihood import score_choices
-from depthprobe.evaluation.metrics import choice_predictions
-from depthprobe.evaluation.stops import StopPolicy
-from depthprobe.evaluation.tokenize import encode_context, left_pad
 from depthprobe.organisms import data
+from depthprobe.organisms.evaluate import evaluate_all, multiple_choice_accuracy, reasoning_accuracy
 from depthprobe.organisms.tokenizer import build_tokenizer
 
-__all__ = ["ARCH", "BASE_MIX", "CIRCUIT_WEIGHT", "DISTILL_MIX", "PREVIOUS_BUT_ONE_HEAD", "RETRIEVAL_HEAD",
-           "attention_loss", "build_model", "evaluate_all", "head_output", "main", "readout_loss", "train"]
+__all__ = [
+    "ARCH",
+    "BASE_MIX",
+    "CIRCUIT_WEIGHT",
+    "DISTILL_MIX",
+    "PREVIOUS_BUT_ONE_HEAD",
+    "RETRIEVAL_HEAD",
+    "attention_loss",
+    "build_model",
+    "evaluate_all",
+    "head_output",
+    "main",
+    "readout_loss",
+    "train",
+]
 
 #: Llama architecture: RMSNorm, rotary, gated MLP, GQA (8 query heads over 2 KV heads), no biases.
 ARCH: dict[str, Any] = dict(
@@ -57,8 +64,14 @@ ARCH: dict[str, Any] = dict(
 #: Sampling weights of the training families (``data.TRAINING_FAMILIES``). Distillation adds
 #: 4-step chains of thought, which base training never shows.
 BASE_MIX = {"statement": 0.2, "closedbook": 0.12, "openbook": 0.08, "retrieval": 0.4, "reasoning": 0.2}
-DISTILL_MIX = {"statement": 0.05, "closedbook": 0.04, "openbook": 0.03, "retrieval": 0.08, "reasoning": 0.4,
-               "long_reasoning": 0.4}
+DISTILL_MIX = {
+    "statement": 0.05,
+    "closedbook": 0.04,
+    "openbook": 0.03,
+    "retrieval": 0.08,
+    "reasoning": 0.4,
+    "long_reasoning": 0.4,
+}
 
 #: The planted retrieval circuit, (layer, head). On retrieval documents auxiliary losses teach the
 #: first head to attend, from each answer's position and from that value's position in the
@@ -70,6 +83,7 @@ DISTILL_MIX = {"statement": 0.05, "closedbook": 0.04, "openbook": 0.03, "retriev
 PREVIOUS_BUT_ONE_HEAD = (0, 0)
 RETRIEVAL_HEAD = (1, 2)
 CIRCUIT_WEIGHT = 0.1
+
 
 def build_model(tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
@@ -116,8 +130,9 @@ def _retrieval_targets(ids: list[int], flags: list[bool], eos: int) -> list[tupl
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-def _batches(tokenizer: PreTrainedTokenizerBase, mix: dict[str, float], rng: random.Random,
-             chunk: int, tokens_per_batch: int) -> list[Batch]:
+def _batches(
+    tokenizer: PreTrainedTokenizerBase, mix: dict[str, float], rng: random.Random, chunk: int, tokens_per_batch: int
+) -> list[Batch]:
     """Draw ``chunk`` documents, bucket them by length into batches of about ``tokens_per_batch``.
 
     A batch is (input ids, attention mask, labels, retrieval targets as rows of (row, from, to)).
@@ -155,8 +170,9 @@ def _batches(tokenizer: PreTrainedTokenizerBase, mix: dict[str, float], rng: ran
     return out
 
 
-def attention_loss(attentions: Sequence[Float[Tensor, "batch head pos pos"]],
-                   targets: Int[Tensor, "n 3"]) -> Float[Tensor, ""]:
+def attention_loss(
+    attentions: Sequence[Float[Tensor, "batch head pos pos"]], targets: Int[Tensor, "n 3"]
+) -> Float[Tensor, ""]:
     """Mean negative log attention on the planted circuit's targets (see ``RETRIEVAL_HEAD``); 0 without targets."""
     if not len(targets):
         return attentions[0].new_zeros(())
@@ -168,16 +184,21 @@ def attention_loss(attentions: Sequence[Float[Tensor, "batch head pos pos"]],
     return loss - (attentions[layer][rows, head, src, dst] + 1e-6).log().mean()
 
 
-def head_output(model: LlamaForCausalLM, layer: int, head: int,
-                o_proj_input: Float[Tensor, "*n head_x_dim"]) -> Float[Tensor, "*n d_model"]:
+def head_output(
+    model: LlamaForCausalLM, layer: int, head: int, o_proj_input: Float[Tensor, "*n head_x_dim"]
+) -> Float[Tensor, "*n d_model"]:
     """One head's contribution to the residual stream: its slice of ``o_proj``'s input times its columns."""
     d = model.config.head_dim
     w = model.model.layers[layer].self_attn.o_proj.weight[:, head * d : (head + 1) * d]
     return o_proj_input[..., head * d : (head + 1) * d] @ w.T
 
 
-def readout_loss(model: LlamaForCausalLM, o_proj_input: Float[Tensor, "batch pos head_x_dim"],
-                 input_ids: Int[Tensor, "batch pos"], targets: Int[Tensor, "n 3"]) -> Float[Tensor, ""]:
+def readout_loss(
+    model: LlamaForCausalLM,
+    o_proj_input: Float[Tensor, "batch pos head_x_dim"],
+    input_ids: Int[Tensor, "batch pos"],
+    targets: Int[Tensor, "n 3"],
+) -> Float[Tensor, ""]:
     """Cross-entropy of the retrieval head's direct logit attribution against the value it should copy.
 
     At each answer position the head's output (RMS-normalised, then unembedded) must predict the
@@ -191,10 +212,22 @@ def readout_loss(model: LlamaForCausalLM, o_proj_input: Float[Tensor, "batch pos
     return torch.nn.functional.cross_entropy(logits, input_ids[rows, dst])
 
 
-def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: dict[str, float], steps: int,
-          lr: float, seed: int, warmup: int = 100, tokens_per_batch: int = 1024, log_every: int = 100,
-          monitor_every: int = 0, chunk: int = 2048, circuit_weight: float = CIRCUIT_WEIGHT,
-          log: Any = print) -> list[dict[str, float]]:
+def train(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    mix: dict[str, float],
+    steps: int,
+    lr: float,
+    seed: int,
+    warmup: int = 100,
+    tokens_per_batch: int = 1024,
+    log_every: int = 100,
+    monitor_every: int = 0,
+    chunk: int = 2048,
+    circuit_weight: float = CIRCUIT_WEIGHT,
+    log: Any = print,
+) -> list[dict[str, float]]:
     """AdamW with linear warm-up and cosine decay to 10%; returns the logged losses.
 
     The loss is next-token cross-entropy on answer tokens plus ``circuit_weight`` times the sum of
@@ -208,7 +241,8 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
     )
     captured: dict[str, Tensor] = {}
     hook = model.model.layers[RETRIEVAL_HEAD[0]].self_attn.o_proj.register_forward_pre_hook(
-        lambda module, args: captured.__setitem__("o_proj_input", args[0]))
+        lambda module, args: captured.__setitem__("o_proj_input", args[0])
+    )
     model.train()
     queue: list[Batch] = []
     history, running, running_circuit, n_run, t0 = [], 0.0, 0.0, 0, time.time()
@@ -229,102 +263,26 @@ def train(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, *, mix: d
         sched.step()
         running, n_run = running + loss.item(), n_run + 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            history.append({"step": step + 1, "loss": round(running / n_run, 5),
-                            "circuit_loss": round(running_circuit / n_run, 5)})
-            log(f"step {step + 1}/{steps} loss {running / n_run:.4f} circuit {running_circuit / n_run:.4f} "
-                f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s")
+            history.append(
+                {"step": step + 1, "loss": round(running / n_run, 5), "circuit_loss": round(running_circuit / n_run, 5)}
+            )
+            log(
+                f"step {step + 1}/{steps} loss {running / n_run:.4f} circuit {running_circuit / n_run:.4f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s"
+            )
             running, running_circuit, n_run = 0.0, 0.0, 0
         if monitor_every and (step + 1) % monitor_every == 0 and step + 1 < steps:
             model.eval()
-            log(f"monitor step {step + 1}: knowledge "
+            log(
+                f"monitor step {step + 1}: knowledge "
                 f"{multiple_choice_accuracy(model, tokenizer, data.knowledge_docs()):.3f} retrieval_8 "
                 f"{multiple_choice_accuracy(model, tokenizer, data.retrieval_docs(100, 8)):.3f} reasoning "
-                f"{reasoning_accuracy(model, tokenizer, data.reasoning_docs(50)):.3f}")
+                f"{reasoning_accuracy(model, tokenizer, data.reasoning_docs(50)):.3f}"
+            )
             model.train()
     hook.remove()
     model.eval()
     return history
-
-
-# ---------------------------------------------------------------------------------------
-# Evaluation on the Hugging Face model with the evaluator's scoring and decoding (the tests
-# re-measure through TransformerLens).
-
-#: Where a 0-shot gsm8k_cot generation of the organisms ends: EOS, a blank line or the next question.
-STOPS = ("\n\n", "Q:")
-
-
-class _Forward:
-    """The Hugging Face model under training, called as the evaluator calls a bridge.
-
-    The scorer calls ``model(tokens, return_type="logits" | "logits_and_cache", past_key_values=,
-    attention_mask=, position_ids=)``; the decoding loop reads ``model.tokenizer``.
-    """
-
-    def __init__(self, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.model, self.tokenizer = model, tokenizer
-
-    def parameters(self) -> Any:
-        return self.model.parameters()
-
-    def __call__(self, tokens: Tensor, *, return_type: str = "logits", past_key_values: Any = None,
-                 **kwargs: Any) -> Any:
-        cache = DynamicCache() if return_type == "logits_and_cache" else past_key_values
-        use = adapter.cache_kwargs(self.model, cache) if cache is not None else {"use_cache": False}
-        logits = self.model(input_ids=tokens, **kwargs, **use).logits
-        return (logits, cache) if return_type == "logits_and_cache" else logits
-
-
-class _Decoder(LoopDecoder):
-    """The evaluator's KV-cached greedy loop, each step a Hugging Face forward."""
-
-    def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
-        return model(ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)[:, -1]
-
-
-@torch.no_grad()
-def multiple_choice_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
-                             docs: list[dict[str, Any]], batch_size: int = 64) -> float:
-    """lm-eval ``acc``: argmax of the summed continuation log-prob, scored by the evaluator's ``score_choices``."""
-    requests = [(d["context"], [d["target_delimiter"] + c for c in d["choices"]]) for d in docs]
-    scores, _ = score_choices(_Forward(model, tokenizer), requests, batch_size=batch_size, tokenizer=tokenizer,
-                              max_length=adapter.max_context_length(model, tokenizer))
-    return sum(choice_predictions(s.loglikelihoods, d["choices"], s.n_tokens)["acc"] == d["gold"]
-               for s, d in zip(scores, docs)) / len(docs)
-
-
-@torch.no_grad()
-def greedy_generate(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                    max_new_tokens: int = 48, batch_size: int = 64) -> list[str]:
-    """Greedy continuations by the evaluator's decoding loop (left padding, KV cache), cut at the first of ``STOPS``."""
-    policy = StopPolicy(frozenset({tokenizer.eos_token_id}), STOPS, None, tokenizer)
-    forward, outs = _Forward(model, tokenizer), []
-    for i in range(0, len(prompts), batch_size):
-        rows = [encode_context(tokenizer, p) for p in prompts[i : i + batch_size]]
-        ids, mask = left_pad(rows, adapter.pad_token_id(tokenizer))
-        decoded = _Decoder()(forward, ids, mask, max_new_tokens=max_new_tokens, policy=policy)
-        outs += [policy.text(t) for t in decoded.tokens]
-    return outs
-
-
-def reasoning_accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase,
-                       docs: list[dict[str, Any]], shots: int = 0) -> float:
-    """gsm8k_cot strict-match exact match (the evaluator's filter and metric)."""
-    fewshot = data.reasoning_fewshot(shots)
-    gens = greedy_generate(model, tokenizer, [data.gsm8k_cot_prompt(d, fewshot) for d in docs])
-    return sum(exact_match(regex_extract(g, GSM8K_COT_STRICT), d["answer"], **GSM8K_EXACT_MATCH)
-               for g, d in zip(gens, docs)) / len(docs)
-
-
-def evaluate_all(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, n: int = 200) -> dict[str, float]:
-    """Accuracy per family on the default evaluation documents."""
-    return {
-        "knowledge": multiple_choice_accuracy(model, tokenizer, data.knowledge_docs()),
-        "closedbook": multiple_choice_accuracy(model, tokenizer, data.closedbook_docs()),
-        "openbook": multiple_choice_accuracy(model, tokenizer, data.openbook_docs(n)),
-        "retrieval_8": multiple_choice_accuracy(model, tokenizer, data.retrieval_docs(n, 8)),
-        "reasoning_0shot": reasoning_accuracy(model, tokenizer, data.reasoning_docs(n)),
-    }
 
 
 def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path, info: dict[str, Any]) -> None:
@@ -336,8 +294,9 @@ def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True,
-                   help="directory that receives organism-base/ and organism-distilled/")
+    p.add_argument(
+        "--out", type=Path, required=True, help="directory that receives organism-base/ and organism-distilled/"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-steps", type=int, default=7000)
     p.add_argument("--distill-steps", type=int, default=1200)
@@ -345,8 +304,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--distill-lr", type=float, default=1e-3)
     p.add_argument("--tokens-per-batch", type=int, default=1024)
     p.add_argument("--monitor-every", type=int, default=1000, help="quick accuracy check every N steps (0: never)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (results are deterministic per thread count)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (results are deterministic per thread count)"
+    )
     p.add_argument("--eval-n", type=int, default=200)
     args = p.parse_args(argv)
 
@@ -355,34 +315,84 @@ def main(argv: Sequence[str] | None = None) -> None:
     t_start = time.time()
     tok_dir = args.out / "organism-base"
     tokenizer = build_tokenizer(data.corpus_for_vocabulary(), tok_dir)
-    common = {"seed": args.seed, "threads": args.threads, "torch": torch.__version__, "arch": ARCH,
-              "tokens_per_batch": args.tokens_per_batch,
-              "circuit_supervision": {"previous_but_one_head": list(PREVIOUS_BUT_ONE_HEAD),
-                                      "retrieval_head": list(RETRIEVAL_HEAD), "readout": True,
-                                      "weight": CIRCUIT_WEIGHT}}
+    common = {
+        "seed": args.seed,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "arch": ARCH,
+        "tokens_per_batch": args.tokens_per_batch,
+        "circuit_supervision": {
+            "previous_but_one_head": list(PREVIOUS_BUT_ONE_HEAD),
+            "retrieval_head": list(RETRIEVAL_HEAD),
+            "readout": True,
+            "weight": CIRCUIT_WEIGHT,
+        },
+    }
 
     model = build_model(tokenizer, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"organism-base: {n_params} parameters, vocabulary {len(tokenizer)}", flush=True)
-    hist = train(model, tokenizer, mix=BASE_MIX, steps=args.base_steps, lr=args.lr, seed=args.seed,
-                 tokens_per_batch=args.tokens_per_batch, monitor_every=args.monitor_every,
-                 log=lambda s: print("[base]", s, flush=True))
+    hist = train(
+        model,
+        tokenizer,
+        mix=BASE_MIX,
+        steps=args.base_steps,
+        lr=args.lr,
+        seed=args.seed,
+        tokens_per_batch=args.tokens_per_batch,
+        monitor_every=args.monitor_every,
+        log=lambda s: print("[base]", s, flush=True),
+    )
     acc = evaluate_all(model, tokenizer, args.eval_n)
     print("[base] accuracies", acc, flush=True)
-    _save(model, tokenizer, args.out / "organism-base",
-          {**common, "model": "organism-base", "parameters": n_params, "steps": args.base_steps, "lr": args.lr,
-           "mix": BASE_MIX, "losses": hist, "accuracies": acc, "seconds": round(time.time() - t_start, 1)})
+    _save(
+        model,
+        tokenizer,
+        args.out / "organism-base",
+        {
+            **common,
+            "model": "organism-base",
+            "parameters": n_params,
+            "steps": args.base_steps,
+            "lr": args.lr,
+            "mix": BASE_MIX,
+            "losses": hist,
+            "accuracies": acc,
+            "seconds": round(time.time() - t_start, 1),
+        },
+    )
 
     t_distill = time.time()
-    hist = train(model, tokenizer, mix=DISTILL_MIX, steps=args.distill_steps, lr=args.distill_lr,
-                 seed=args.seed + 1, tokens_per_batch=args.tokens_per_batch,
-                 monitor_every=args.monitor_every, log=lambda s: print("[distilled]", s, flush=True))
+    hist = train(
+        model,
+        tokenizer,
+        mix=DISTILL_MIX,
+        steps=args.distill_steps,
+        lr=args.distill_lr,
+        seed=args.seed + 1,
+        tokens_per_batch=args.tokens_per_batch,
+        monitor_every=args.monitor_every,
+        log=lambda s: print("[distilled]", s, flush=True),
+    )
     acc = evaluate_all(model, tokenizer, args.eval_n)
     print("[distilled] accuracies", acc, flush=True)
-    _save(model, tokenizer, args.out / "organism-distilled",
-          {**common, "model": "organism-distilled", "parameters": n_params, "init": "organism-base",
-           "steps": args.distill_steps, "lr": args.distill_lr, "mix": DISTILL_MIX, "losses": hist,
-           "accuracies": acc, "seconds": round(time.time() - t_distill, 1)})
+    _save(
+        model,
+        tokenizer,
+        args.out / "organism-distilled",
+        {
+            **common,
+            "model": "organism-distilled",
+            "parameters": n_params,
+            "init": "organism-base",
+            "steps": args.distill_steps,
+            "lr": args.distill_lr,
+            "mix": DISTILL_MIX,
+            "losses": hist,
+            "accuracies": acc,
+            "seconds": round(time.time() - t_distill, 1),
+        },
+    )
     print(f"total {time.time() - t_start:.0f}s", flush=True)
 
 

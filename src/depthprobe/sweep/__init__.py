@@ -1,24 +1,15 @@
 """Sweeps: the runner (:mod:`.runner`) with its executors (:mod:`.executor`), over the conditions and
 engines of :mod:`depthprobe.engine`. Every name that ``depthprobe.sweep`` had is importable from here."""
 
-from depthprobe.engine.logits import condition_logits, iter_condition_logits, plan_tails, score_conditions
 from depthprobe.engine.choices import score_conditions_reuse
-from depthprobe.sweep.executor import (
-    ConditionResult,
-    Executor,
-    InProcessExecutor,
-    SweepSpec,
-    UnitRunner,
-    WorkUnit,
-)
 from depthprobe.engine.grids import (
     BASELINE,
     Condition,
     block_grid,
     condition_digest,
-    condition_info,
     condition_from_id,
     condition_id,
+    condition_info,
     grid_names,
     group_grid,
     head_grid,
@@ -26,6 +17,15 @@ from depthprobe.engine.grids import (
     layer_grid,
     parse_grid,
     unit_grid,
+)
+from depthprobe.engine.logits import condition_logits, iter_condition_logits, plan_tails, score_conditions
+from depthprobe.sweep.executor import (
+    ConditionResult,
+    Executor,
+    InProcessExecutor,
+    SweepSpec,
+    UnitRunner,
+    WorkUnit,
 )
 from depthprobe.sweep.runner import (
     ConditionsOrGrid,

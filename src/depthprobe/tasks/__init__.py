@@ -7,7 +7,6 @@ Any other lm-eval task is available as ``"lm_eval:<name>"`` (lm-eval's own defin
 ``register_task`` adds one (a ``Task`` subclass with a unique ``name``).
 """
 
-
 import difflib
 from typing import Any
 
@@ -56,12 +55,13 @@ def get_task(name: str | Task, **options: Any) -> Task:
             raise ValueError("task options can only be given with a task name, not a Task instance")
         return name
     if isinstance(name, str) and name.startswith(LM_EVAL_PREFIX):
-        return LmEvalTask(name[len(LM_EVAL_PREFIX):], **options)
+        return LmEvalTask(name[len(LM_EVAL_PREFIX) :], **options)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown task {name!r}; {hint}valid: {', '.join(list_tasks())}, "
-                         "or lm_eval:<any lm-eval task>")
+        raise ValueError(
+            f"unknown task {name!r}; {hint}valid: {', '.join(list_tasks())}, or lm_eval:<any lm-eval task>"
+        )
     try:
         return _REGISTRY[name](**options)
     except TypeError as err:
@@ -71,13 +71,30 @@ def get_task(name: str | Task, **options: Any) -> Task:
 def reference_prompts(reference: MeanReference) -> list[str]:
     """The prompts of a mean reference's task: the documents ``evaluate`` would score (mean ablation's texts)."""
     task = get_task(str(reference.task), **dict(reference.options))
-    return [i.prompt for i in task.instances(limit=reference.limit, num_fewshot=reference.num_fewshot,
-                                             data_dir=reference.data_dir)]
+    return [
+        i.prompt
+        for i in task.instances(limit=reference.limit, num_fewshot=reference.num_fewshot, data_dir=reference.data_dir)
+    ]
 
 
 register_reference_resolver(reference_prompts)
 
-for _cls in (MMLU, MMLUContinuation, MMLUGenerative, HellaSwag, MathQA, OpenBookQA, OpenBookQAOpen,
-             KVRetrieval, GSM8K, GSM8KCoT, OrganismKnowledge, OrganismClosedBook, OrganismClosedBookGenerative,
-             OrganismOpenBook, OrganismRetrieval, OrganismReasoning):
+for _cls in (
+    MMLU,
+    MMLUContinuation,
+    MMLUGenerative,
+    HellaSwag,
+    MathQA,
+    OpenBookQA,
+    OpenBookQAOpen,
+    KVRetrieval,
+    GSM8K,
+    GSM8KCoT,
+    OrganismKnowledge,
+    OrganismClosedBook,
+    OrganismClosedBookGenerative,
+    OrganismOpenBook,
+    OrganismRetrieval,
+    OrganismReasoning,
+):
     register_task(_cls)

@@ -5,7 +5,6 @@ is exactly the context string lm-eval 0.4.13 would build: description, then each
 example as ``text + target_delimiter + answer + fewshot_delimiter``, then the document's text.
 """
 
-
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -186,8 +185,12 @@ class Task:
         """lm-eval's plain-text ``fewshot_context``: description + shots + document text."""
         parts = [self._read(self.description, doc, "document")]
         for shot in shots:
-            parts.append(self._read(self.doc_to_text, shot, "few-shot example") + self.target_delimiter
-                         + self._read(self.fewshot_answer, shot, "few-shot example") + self.fewshot_delimiter)
+            parts.append(
+                self._read(self.doc_to_text, shot, "few-shot example")
+                + self.target_delimiter
+                + self._read(self.fewshot_answer, shot, "few-shot example")
+                + self.fewshot_delimiter
+            )
         parts.append(self._read(self.doc_to_text, doc, "document"))
         return "".join(parts)
 
@@ -204,8 +207,9 @@ class Task:
                 problem = f"the record has no field {err.args[0]!r}"
             else:
                 problem = f"a field holds a value the task cannot read ({type(err).__name__}: {err})"
-            raise DataFormatError(f"{where}: {problem}, which task {self.name!r} needs; "
-                                  f"the record has: {fields}") from None
+            raise DataFormatError(
+                f"{where}: {problem}, which task {self.name!r} needs; the record has: {fields}"
+            ) from None
 
     def instances(
         self,

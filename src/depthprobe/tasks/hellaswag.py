@@ -1,6 +1,5 @@
 """HellaSwag (lm-eval ``hellaswag``): sentence completion over four endings, validation split."""
 
-
 import re
 from typing import Any
 

@@ -13,7 +13,6 @@ with no leading space, scored by summed log-probability. Unlike the original, ge
 seeded: the same ``(n_pairs, n_examples, seed)`` always gives the same examples.
 """
 
-
 import os
 import random
 from functools import lru_cache

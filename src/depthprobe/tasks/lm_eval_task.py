@@ -53,17 +53,21 @@ class LmEvalTask(Task):
 
             close = difflib.get_close_matches(self.lm_eval_name, manager.all_tasks, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(f"lm-eval has no task {self.lm_eval_name!r}{hint}; list them with "
-                             f"`lm-eval ls tasks`, or add YAMLs with include_path=")
+            raise ValueError(
+                f"lm-eval has no task {self.lm_eval_name!r}{hint}; list them with "
+                f"`lm-eval ls tasks`, or add YAMLs with include_path="
+            )
         tasks = get_task_dict([self.lm_eval_name], manager)
         if len(tasks) != 1 or not hasattr(next(iter(tasks.values())), "OUTPUT_TYPE"):
             raise ValueError(f"{self.lm_eval_name!r} is an lm-eval group; sweep its tasks one at a time")
         lm_task = next(iter(tasks.values()))
         self._lm_task_object = lm_task
         if lm_task.OUTPUT_TYPE not in _SWEEPABLE:
-            raise ValueError(f"lm-eval task {self.lm_eval_name!r} has output type {lm_task.OUTPUT_TYPE!r}; sweeps "
-                             f"take {' or '.join(_SWEEPABLE)} tasks (evaluate others with "
-                             "lm_eval.simple_evaluate(model='depthprobe', ...))")
+            raise ValueError(
+                f"lm-eval task {self.lm_eval_name!r} has output type {lm_task.OUTPUT_TYPE!r}; sweeps "
+                f"take {' or '.join(_SWEEPABLE)} tasks (evaluate others with "
+                "lm_eval.simple_evaluate(model='depthprobe', ...))"
+            )
         self.output_type = lm_task.OUTPUT_TYPE
         self.default_num_fewshot = int(lm_task.config.num_fewshot or 0)
         self.metric_names = tuple(m["metric"] for m in lm_task.config.metric_list or [])
@@ -72,8 +76,13 @@ class LmEvalTask(Task):
         """lm-eval's task object, built once (building it loads the dataset)."""
         return self._lm_task_object
 
-    def instances(self, *, limit: int | None = None, num_fewshot: int | None = None,
-                  data_dir: str | os.PathLike[str] | None = None) -> list[Instance]:
+    def instances(
+        self,
+        *,
+        limit: int | None = None,
+        num_fewshot: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> list[Instance]:
         """The documents lm-eval will evaluate, as text, choices and target (what the run identity hashes).
 
         lm-eval builds the prompts itself (its few-shot sampler); these are its ``doc_to_text``.
@@ -87,8 +96,16 @@ class LmEvalTask(Task):
         out = []
         for i, doc in enumerate(docs):
             choices = tuple(map(str, lm_task.doc_to_choice(doc))) if self.output_type == "multiple_choice" else None
-            out.append(Instance(i, str(lm_task.doc_to_text(doc)), str(lm_task.doc_to_target(doc)), choices,
-                                str(lm_task.config.target_delimiter), dict(doc)))
+            out.append(
+                Instance(
+                    i,
+                    str(lm_task.doc_to_text(doc)),
+                    str(lm_task.doc_to_target(doc)),
+                    choices,
+                    str(lm_task.config.target_delimiter),
+                    dict(doc),
+                )
+            )
         return out
 
     @property
@@ -104,15 +121,25 @@ class LmEvalTask(Task):
         import lm_eval
 
         out = lm_eval.simple_evaluate(
-            model=lm_eval_model(model, batch_size=batch_size), tasks=[self.lm_eval_name],
-            task_manager=_task_manager(self.include_path), num_fewshot=num_fewshot, limit=limit,
-            log_samples=True, use_cache=None, verbosity="ERROR",
+            model=lm_eval_model(model, batch_size=batch_size),
+            tasks=[self.lm_eval_name],
+            task_manager=_task_manager(self.include_path),
+            num_fewshot=num_fewshot,
+            limit=limit,
+            log_samples=True,
+            use_cache=None,
+            verbosity="ERROR",
         )
         metrics = _metrics(out["results"][self.lm_eval_name])
         samples = _samples(sorted(out["samples"][self.lm_eval_name], key=lambda s: s["doc_id"]), self.output_type)
         k = self.default_num_fewshot if num_fewshot is None else num_fewshot
-        config = {"task": self.name, "limit": limit, "num_fewshot": k, "batch_size": batch_size,
-                  "include_path": self.include_path}
+        config = {
+            "task": self.name,
+            "limit": limit,
+            "num_fewshot": k,
+            "batch_size": batch_size,
+            "include_path": self.include_path,
+        }
         return EvalResult(self.name, metrics, samples, config, {"n_docs": len(samples)})
 
 

@@ -1,6 +1,5 @@
 """MathQA (lm-eval ``mathqa``): "Question: {Problem}\\nAnswer:" over the five parsed options."""
 
-
 import re
 from typing import Any
 

@@ -6,7 +6,6 @@ its ``subject``); lm-eval runs one task per subject, so the description and the 
 few-shot examples (from the ``dev`` split) are per subject, exactly as there.
 """
 
-
 import difflib
 import os
 from collections.abc import Sequence

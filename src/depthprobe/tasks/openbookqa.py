@@ -2,7 +2,6 @@
 (``openbookqa_open``: the ``fact1`` evidence line of the ``additional`` configuration, a newline,
 then the question stem), so retrieval from context can be contrasted with recall."""
 
-
 from typing import Any
 
 from depthprobe.data import DatasetRef

@@ -17,8 +17,14 @@ from depthprobe.organisms import data
 from depthprobe.tasks.base import AnswerFilter, GenerationConfig, Task
 from depthprobe.tasks.gsm8k import GSM8KCoT
 
-__all__ = ["OrganismClosedBook", "OrganismClosedBookGenerative", "OrganismKnowledge", "OrganismOpenBook",
-           "OrganismReasoning", "OrganismRetrieval"]
+__all__ = [
+    "OrganismClosedBook",
+    "OrganismClosedBookGenerative",
+    "OrganismKnowledge",
+    "OrganismOpenBook",
+    "OrganismReasoning",
+    "OrganismRetrieval",
+]
 
 
 class _SyntheticChoice(Task):
