@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.depthprobe-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-numerics demo figures organisms bench clean
+.PHONY: install test test-numerics lint demo figures organisms bench wheelhouse clean
 
 install: $(STAMP)
 
@@ -13,11 +13,17 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0" || true
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,docs]"
 	touch $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest $(PYTEST_ARGS)
+
+# The layering of docs/architecture.md (import-linter, configured in pyproject.toml), then ruff's format and lint.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 # The float32 comparisons again under the other CPU kernel sets and thread counts (`make test` is the native
 # set with 2 threads): the tolerances of tests/tolerance.py must hold under all of them. The greedy-generation
@@ -33,9 +39,11 @@ test-numerics: $(STAMP)
 	    $(PY) -m pytest -q -p no:cacheprovider $(NUMERICS_TESTS) || exit 1; \
 	done
 
-# The main job: every head of organism-base's last layer ablated three ways on chain-of-thought reasoning.
+# The main job: every head of organism-base's last layer ablated three ways on chain-of-thought reasoning,
+# then its report (a static site: open the printed index.html in a browser, offline).
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) experiments/reasoning_heads.py
+	$(PY) -m depthprobe report runs/organism-base/reasoning_heads -o runs/report
 
 # Every experiment script on the organisms: the figures committed under figures/ (about 8 minutes on 2 CPU cores).
 EXPERIMENTS := reasoning_heads protocols knowledge retrieval retrieval_heads reasoning_layers distilled delta_model
@@ -51,6 +59,22 @@ organisms: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/sweep_speed.py
+
+# Wheels for the GPU machine (docs/gpu.md): what depthprobe and benchmarks/device_check.py need that the machine's
+# image lacks, for CPython 3.12 manylinux x86-64, one exact version each (the versions this venv runs), and
+# depthprobe's own wheel; at most 48 MiB (a device call carries 64 MiB in all). transformer-lens goes without its
+# declared extras (wandb, beartype, ...), which its import does not need.
+WHEELS       := transformer-lens datasets dill multiprocess wonderwords
+WHEEL_TARGET := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+                --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+wheelhouse: $(STAMP)
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps $(WHEEL_TARGET) -d .whl $$($(PY) -c "import importlib.metadata as m; \
+	  print(' '.join(d + '==' + m.version(d) for d in '$(WHEELS)'.split()))")
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w .whl .
+	@ls -l .whl; total=$$(cat .whl/*.whl | wc -c); \
+	  echo "wheelhouse .whl/: $$(ls .whl | wc -l) wheels, $$total bytes = $$(awk "BEGIN {printf \"%.1f\", $$total / 1048576}") MiB (limit 48 MiB)"; \
+	  test $$total -le 50331648 || { echo "the wheelhouse exceeds 48 MiB"; exit 1; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -16,12 +16,18 @@ SCHEDULES = {"per-layer": o_proj_per_layer, "reverse": o_proj_reverse, "accumula
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.experiment_parser(__doc__, default_model="organism-base",
-                                   study_example="python experiments/delta_model.py --model llama-3.1-8b "
-                                                 "--source /models/DeepSeek-R1-Distill-Llama-8B --limit 250")
-    parser.add_argument("--source", default=None,
-                        help="model whose o_proj weights are patched in: a local checkpoint directory or alias "
-                             "(default: organism-distilled for organisms, r1-distill-llama-8b otherwise)")
+    parser = cli.experiment_parser(
+        __doc__,
+        default_model="organism-base",
+        study_example="python experiments/delta_model.py --model llama-3.1-8b "
+        "--source /models/DeepSeek-R1-Distill-Llama-8B --limit 250",
+    )
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="model whose o_proj weights are patched in: a local checkpoint directory or alias "
+        "(default: organism-distilled for organisms, r1-distill-llama-8b otherwise)",
+    )
     parser.add_argument("--alpha", type=float, default=1.0, help="W <- W + alpha (W_src - W); 1 replaces")
     parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES))
     args = parser.parse_args(argv)
@@ -35,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         conditions = SCHEDULES[name](model, source, alpha=args.alpha)
         frames[name] = cli.sweep(model, task, conditions, args, "delta_model", task, name)
         print(cli.summary(frames[name], [metric], title=f"{task}: o_proj replacement, {name}"))
-    title = plots.run_title(f"o_proj of {args.source or 'distilled'} patched in", frames, model=args.model, task=task,
-                            limit=args.limit)
-    cli.save(plots.o_proj_curves(frames, metric=metric, title=title),
-             args, "delta_model")
+    title = plots.run_title(
+        f"o_proj of {args.source or 'distilled'} patched in", frames, model=args.model, task=task, limit=args.limit
+    )
+    cli.save(plots.o_proj_curves(frames, metric=metric, title=title), args, "delta_model")
     return 0
 
 

@@ -13,16 +13,18 @@ ORGANISM = ("organism_knowledge",)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.experiment_parser(__doc__, default_model="organism-base",
-                                   study_example="python experiments/knowledge.py --model qwen3-8b --limit 2000")
+    parser = cli.experiment_parser(
+        __doc__,
+        default_model="organism-base",
+        study_example="python experiments/knowledge.py --model qwen3-8b --limit 2000",
+    )
     args = parser.parse_args(argv)
     model = cli.load(args)
     for task in ORGANISM if cli.is_organism(args.model) else STUDY:
         df = cli.sweep(model, task, "layers", args, "knowledge", task)
         print(cli.summary(df, ["acc", "acc_norm"], title=task))
         title = plots.run_title(f"{task}, layer skips", df, model=args.model, task=task, limit=args.limit)
-        cli.save(plots.layer_curves(df, ["acc", "acc_norm"], title=title),
-                 args, f"knowledge_{task}")
+        cli.save(plots.layer_curves(df, ["acc", "acc_norm"], title=title), args, f"knowledge_{task}")
     return 0
 
 

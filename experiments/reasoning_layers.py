@@ -12,14 +12,27 @@ STUDY_TASK, ORGANISM_TASK = "gsm8k_cot", "organism_reasoning"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.experiment_parser(__doc__, default_model="organism-base",
-                                   study_example="python experiments/reasoning_layers.py --model qwen3-8b --shots 1 4 8 "
-                                                 "--thinking on off --limit 250")
-    parser.add_argument("--shots", type=int, nargs="+", default=None,
-                        help="few-shot counts (default: 1 4 8 as in the study; 0 1 for the organisms, which never "
-                             "saw prompts longer than about 130 tokens in training)")
-    parser.add_argument("--thinking", nargs="+", choices=["on", "off"], default=None,
-                        help="apply the chat template with Qwen3 thinking on and/or off (default: plain prompts)")
+    parser = cli.experiment_parser(
+        __doc__,
+        default_model="organism-base",
+        study_example="python experiments/reasoning_layers.py --model qwen3-8b --shots 1 4 8 "
+        "--thinking on off --limit 250",
+    )
+    parser.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        default=None,
+        help="few-shot counts (default: 1 4 8 as in the study; 0 1 for the organisms, which never "
+        "saw prompts longer than about 130 tokens in training)",
+    )
+    parser.add_argument(
+        "--thinking",
+        nargs="+",
+        choices=["on", "off"],
+        default=None,
+        help="apply the chat template with Qwen3 thinking on and/or off (default: plain prompts)",
+    )
     parser.add_argument("--max-gen-toks", type=int, default=None, help="generation budget per question")
     args = parser.parse_args(argv)
     model = cli.load(args)

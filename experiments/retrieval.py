@@ -13,8 +13,11 @@ ORGANISM = {"kv": "organism_retrieval", "closed book": "organism_closedbook", "o
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.experiment_parser(__doc__, default_model="organism-base",
-                                   study_example="python experiments/retrieval.py --model llama-1-7b --n-pairs 20")
+    parser = cli.experiment_parser(
+        __doc__,
+        default_model="organism-base",
+        study_example="python experiments/retrieval.py --model llama-1-7b --n-pairs 20",
+    )
     parser.add_argument("--n-pairs", type=int, default=None, help="key-value pairs per prompt (kv retrieval)")
     args = parser.parse_args(argv)
     model = cli.load(args)
@@ -22,18 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     kv_options = {} if args.n_pairs is None else {"n_pairs": args.n_pairs}
     kv = cli.sweep(model, tasks["kv"], "layers", args, "retrieval", tasks["kv"], **kv_options)
     print(cli.summary(kv, ["acc"], title=tasks["kv"]))
-    title = plots.run_title("key-value retrieval, layer skips", kv, model=args.model, task=tasks["kv"],
-                            limit=args.limit)
-    cli.save(plots.layer_curves(kv, ["acc"], title=title),
-             args, "retrieval_kv")
+    title = plots.run_title(
+        "key-value retrieval, layer skips", kv, model=args.model, task=tasks["kv"], limit=args.limit
+    )
+    cli.save(plots.layer_curves(kv, ["acc"], title=title), args, "retrieval_kv")
     books = {}
     for label in ("closed book", "open book"):
         books[label] = cli.sweep(model, tasks[label], "layers", args, "retrieval", tasks[label])
         print(cli.summary(books[label], ["acc", "acc_norm"], title=f"{tasks[label]} ({label})"))
-    title = plots.run_title("closed vs open book, layer skips", books, model=args.model,
-                            task=[tasks["closed book"], tasks["open book"]], limit=args.limit)
-    cli.save(plots.layer_curves(books, ["acc"], title=title),
-             args, "retrieval_books")
+    title = plots.run_title(
+        "closed vs open book, layer skips",
+        books,
+        model=args.model,
+        task=[tasks["closed book"], tasks["open book"]],
+        limit=args.limit,
+    )
+    cli.save(plots.layer_curves(books, ["acc"], title=title), args, "retrieval_books")
     return 0
 
 

@@ -13,10 +13,18 @@ STUDY_TASK, ORGANISM_TASK = "kv_retrieval", "organism_retrieval"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.experiment_parser(__doc__, default_model="organism-base",
-                                   study_example="python experiments/retrieval_heads.py --model llama-1-7b --layers 8 10")
-    parser.add_argument("--layers", type=int, nargs="+", default=None,
-                        help="layers whose heads to sweep (default: 8 10 for the study's models, 0 1 for organisms)")
+    parser = cli.experiment_parser(
+        __doc__,
+        default_model="organism-base",
+        study_example="python experiments/retrieval_heads.py --model llama-1-7b --layers 8 10",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="layers whose heads to sweep (default: 8 10 for the study's models, 0 1 for organisms)",
+    )
     args = parser.parse_args(argv)
     model = cli.load(args)
     organism = cli.is_organism(args.model)
@@ -28,12 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     r = model_dims(model).group_size
     for layer in layers:
         title = plots.run_title(f"{task}, heads of layer {layer}", df, model=args.model, task=task, limit=args.limit)
-        cli.save(plots.head_attribution(df, layer, metric="acc", group_size=r, title=title),
-                 args, f"retrieval_heads_L{layer}")
+        cli.save(
+            plots.head_attribution(df, layer, metric="acc", group_size=r, title=title),
+            args,
+            f"retrieval_heads_L{layer}",
+        )
     if len(layers) > 1:
         title = plots.run_title(f"{task}, delta acc per head", df, model=args.model, task=task, limit=args.limit)
-        cli.save(plots.head_heatmap(df, metric="acc", title=title),
-                 args, "retrieval_heads_heatmap")
+        cli.save(plots.head_heatmap(df, metric="acc", title=title), args, "retrieval_heads_heatmap")
     return 0
 
 

@@ -229,7 +229,7 @@ def test_block_refusals(tiny_llama_dir: Path, tmp_path: Path) -> None:
 def test_run_sweep_batches_generation_conditions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """run_sweep's generation engine (conditions as row blocks, max_rows // batch_size per unit) = one evaluate
     per condition (engine=False), sample by sample; mean ablation (no weight edit) runs batched through hooks."""
-    from depthprobe.sweep import generation_engine
+    from depthprobe.sweep import executor as generation_engine  # where the runner's units call the engine
 
     units: list[int] = []
     batched = generation_engine.generate_conditions
@@ -253,4 +253,5 @@ def test_run_sweep_batches_generation_conditions(tmp_path: Path, monkeypatch: py
     for metric in ("exact_match,strict-match", "exact_match,flexible-extract"):
         assert list(fast[metric]) == list(slow[metric])
     assert len(set(fs["generation"])) > 6, "the conditions must produce different generations"
-    assert units == [4, 3]  # the baseline and 6 conditions, in units of max_rows // batch_size
+    # the baseline decoded alone first, then 6 conditions in units of max_rows // batch_size (the first with the baseline)
+    assert units == [1, 3, 3]

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import depthprobe as dp
-from depthprobe.results import rundir as results_mod
 from depthprobe.results import ManifestMismatchError, RunDir, build_manifest, load_results
+from depthprobe.results import rundir as results_mod
 from depthprobe.sweep import condition_id, condition_logits, head_grid, layer_grid, sweep_conditions
 
 from .tolerance import U32, ForwardShape, loglikelihood_bound, text_logit_scale

@@ -11,9 +11,19 @@ import pytest
 from depthprobe.results import RunDir, load_results
 from depthprobe.uncertainty import paired_delta_stats, significant, t_quantile
 
-MANIFEST = {"model": "m", "revision": None, "dtype": "float32", "device": "cpu", "task": "t",
-            "task_options": {}, "protocol": "loglikelihood", "num_fewshot": 0, "seed": None, "limit": None,
-            "max_gen_toks": None}
+MANIFEST = {
+    "model": "m",
+    "revision": None,
+    "dtype": "float32",
+    "device": "cpu",
+    "task": "t",
+    "task_options": {},
+    "protocol": "loglikelihood",
+    "num_fewshot": 0,
+    "seed": None,
+    "limit": None,
+    "max_gen_toks": None,
+}
 # Student t critical values (two-sided 95%) from a printed table: dof 4 and dof 3.
 T4, T3 = 2.7764451051977987, 3.1824463052842638
 BASE = [1, 1, 0, 1, 0]
@@ -26,19 +36,34 @@ SE_B = math.sqrt(2.0 / 3) / 2
 
 
 def samples(correct: dict[int, int], order: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({"doc_id": order, "correct": [bool(correct[i]) for i in order],
-                         "exact_match,flex": [float(correct[i]) for i in order]})
+    return pd.DataFrame(
+        {
+            "doc_id": order,
+            "correct": [bool(correct[i]) for i in order],
+            "exact_match,flex": [float(correct[i]) for i in order],
+        }
+    )
 
 
 def write(tmp_path: Path) -> Path:
     run = RunDir(tmp_path / "run", MANIFEST)
-    for cid, values, order in [("baseline", dict(enumerate(BASE)), [0, 1, 2, 3, 4]),
-                               ("head:L0H0", dict(enumerate(A)), [4, 2, 0, 3, 1]),  # shuffled: pairing by doc_id
-                               ("head:L0H1", B, [3, 1, 0, 2])]:
+    for cid, values, order in [
+        ("baseline", dict(enumerate(BASE)), [0, 1, 2, 3, 4]),
+        ("head:L0H0", dict(enumerate(A)), [4, 2, 0, 3, 1]),  # shuffled: pairing by doc_id
+        ("head:L0H1", B, [3, 1, 0, 2]),
+    ]:
         df = samples(values, order)
         acc = float(df["correct"].mean())
-        run.write(cid, {"acc": acc, "acc_stderr": 0.1, "exact_match,flex": acc}, df, kind="head", layer=0,
-                  layer_max=0, index=int(cid[-1]) if cid != "baseline" else None, n_interventions=int(cid != "baseline"))
+        run.write(
+            cid,
+            {"acc": acc, "acc_stderr": 0.1, "exact_match,flex": acc},
+            df,
+            kind="head",
+            layer=0,
+            layer_max=0,
+            index=int(cid[-1]) if cid != "baseline" else None,
+            n_interventions=int(cid != "baseline"),
+        )
     return tmp_path / "run"
 
 

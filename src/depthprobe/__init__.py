@@ -19,10 +19,10 @@ from depthprobe.interventions import (
     zero_head_weights,
     zero_kv_group,
 )
+from depthprobe.lm_eval_backend import lm_eval_model
 from depthprobe.model_spec import ModelSpec
 from depthprobe.models import ModelNotFoundError, list_models, load_model, model_dims
 from depthprobe.results import load_results
-from depthprobe.lm_eval_backend import lm_eval_model
 from depthprobe.sweep import run_sweep
 from depthprobe.tasks import get_task, list_tasks, register_task
 
@@ -49,6 +49,7 @@ def __getattr__(name: str):
 
         return importlib.import_module("depthprobe.report")
     raise AttributeError(f"module 'depthprobe' has no attribute {name!r}")
+
 
 __all__ = [
     "EvalResult",

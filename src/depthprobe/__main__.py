@@ -3,9 +3,9 @@
 
 import argparse
 import os
-from typing import Any
 import sys
 from pathlib import Path
+from typing import Any
 
 _STORY = (
     "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
@@ -44,9 +44,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     def score() -> tuple[float, str]:
         with torch.no_grad():
             logp = model(ids).log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).mean().item()
-            out = model.generate(prompt, max_new_tokens=16, do_sample=False, verbose=False,
-                                 use_past_kv_cache=True, return_type="tokens")
-        return logp, tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).replace("\n", " ")
+            out = model.generate(
+                prompt, max_new_tokens=16, do_sample=False, verbose=False, use_past_kv_cache=True, return_type="tokens"
+            )
+        return logp, tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True).replace("\n", " ")
 
     base_logp, base_text = score()
     n_layers = dp.model_dims(model).n_layers
@@ -66,19 +67,33 @@ def _count(kind: type) -> Any:
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
+
     return parse
 
 
 def add_executor_flags(parser: argparse.ArgumentParser) -> None:
     """--executor inprocess|ray and the Ray cluster's flags."""
     group = parser.add_argument_group("executor")
-    group.add_argument("--executor", choices=["inprocess", "ray"], default="inprocess",
-                       help="where units of work run: this process (default) or Ray workers (pip install 'depthprobe[ray]')")
-    group.add_argument("--address", default=None,
-                       help="Ray cluster to join ('auto': the one `ray start --head` started); default: RAY_ADDRESS or a new local one")
-    group.add_argument("--workers", type=_count(int), default=None, help="Ray workers (default: one per GPU, else one per CPU)")
-    group.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)")
-    group.add_argument("--cpus-per-worker", type=_count(float), default=1, help="CPUs (and torch threads) per Ray worker")
+    group.add_argument(
+        "--executor",
+        choices=["inprocess", "ray"],
+        default="inprocess",
+        help="where units of work run: this process (default) or Ray workers (pip install 'depthprobe[ray]')",
+    )
+    group.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join ('auto': the one `ray start --head` started); default: RAY_ADDRESS or a new local one",
+    )
+    group.add_argument(
+        "--workers", type=_count(int), default=None, help="Ray workers (default: one per GPU, else one per CPU)"
+    )
+    group.add_argument(
+        "--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: 1 if the cluster has GPUs)"
+    )
+    group.add_argument(
+        "--cpus-per-worker", type=_count(float), default=1, help="CPUs (and torch threads) per Ray worker"
+    )
 
 
 def make_executor(args: argparse.Namespace) -> Any:
@@ -87,8 +102,12 @@ def make_executor(args: argparse.Namespace) -> Any:
         return None
     from depthprobe.executors.ray import RayExecutor
 
-    return RayExecutor(args.address, num_workers=args.workers, num_gpus_per_worker=args.gpus_per_worker,
-                       num_cpus_per_worker=args.cpus_per_worker)
+    return RayExecutor(
+        args.address,
+        num_workers=args.workers,
+        num_gpus_per_worker=args.gpus_per_worker,
+        num_cpus_per_worker=args.cpus_per_worker,
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -119,8 +138,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"computed {computed} condition(s); {len(df) - computed} were already saved in {cli.run_dir(args, *parts)}")
     if args.figures is None:  # by default the figure lives with its run directory
         args.figures = str(cli.run_dir(args, *parts))
-    cli.save(cli.grid_figure(df, args.grid, metric, model, title=f"{args.model}: {args.task}, {args.grid}"),
-             args, "_".join(parts), png=False)
+    cli.save(
+        cli.grid_figure(df, args.grid, metric, model, title=f"{args.model}: {args.task}, {args.grid}"),
+        args,
+        "_".join(parts),
+        png=False,
+    )
     return 0
 
 
@@ -136,6 +159,19 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             executor.close()
     print(df.drop(columns=["run_dir"]).to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     print(f"{len(df)} sweeps, {int(df['n_conditions'].sum())} conditions, under {args.root or 'the campaign root'}")
+    if args.report is not None and len(df):
+        from depthprobe.report import report
+
+        dirs = [str(d) for d in df["run_dir"]]
+        print(f"report: {report(os.path.commonpath(dirs), args.report).resolve()}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """A static site of every run directory under the roots: index, sweep pages, study views (opens offline)."""
+    from depthprobe.report import report
+
+    print(f"report: {report(args.roots, args.out).resolve()}")
     return 0
 
 
@@ -160,8 +196,11 @@ def _dispatch(argv: list[str]) -> int:
 def _parser() -> argparse.ArgumentParser:
     from depthprobe.cli import OneLineParser
 
-    parser = OneLineParser(prog="depthprobe", description=__doc__,
-                                     epilog="--debug (anywhere on the line) shows the full traceback of an error")
+    parser = OneLineParser(
+        prog="depthprobe",
+        description=__doc__,
+        epilog="--debug (anywhere on the line) shows the full traceback of an error",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the model aliases load_model accepts").set_defaults(func=cmd_models)
     demo = sub.add_parser("demo", help="skip each layer of stories260K in turn and report the damage")
@@ -169,20 +208,40 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     from depthprobe import cli
 
-    sweep = cli.experiment_parser("a custom sweep", default_model="organism-base",
-                                  study_example="python -m depthprobe sweep --model qwen3-8b --task mmlu --grid layers")
+    sweep = cli.experiment_parser(
+        "a custom sweep",
+        default_model="organism-base",
+        study_example="python -m depthprobe sweep --model qwen3-8b --task mmlu --grid layers",
+    )
     sweep = sub.add_parser("sweep", parents=[sweep], add_help=False, help="run a custom sweep (resumable)")
-    sweep.add_argument("--task", required=True, help="a task name (python -c 'import depthprobe; print(depthprobe.list_tasks())')")
-    sweep.add_argument("--grid", default="layers", help="layers | heads:L | heads:all | groups:L | head_weights:L | blocks:N")
+    sweep.add_argument(
+        "--task", required=True, help="a task name (python -c 'import depthprobe; print(depthprobe.list_tasks())')"
+    )
+    sweep.add_argument(
+        "--grid", default="layers", help="layers | heads:L | heads:all | groups:L | head_weights:L | blocks:N"
+    )
     sweep.add_argument("--num-fewshot", type=cli.non_negative_int, default=None)
-    sweep.add_argument("--prescreen", type=cli.prescreen, default=None, metavar="TOP_K[,RANDOM_K]",
-                       help="attribute every condition first, exact-ablate only the top-k and a random sample of the rest")
-    sweep.add_argument("--max-rows", type=_count(int), default=None,
-                       help="generation: rows of one decode batch, conditions x documents (default 256); a unit of "
-                            "work is max_rows // batch_size conditions, and Ctrl-C loses at most the unit in flight")
-    sweep.add_argument("--attn-implementation", choices=["eager", "sdpa"], default=None,
-                       help="generation: attention of the hook-free decoders (default: the model's own, eager; "
-                            "sdpa is faster and rounds differently; recorded in the run's manifest)")
+    sweep.add_argument(
+        "--prescreen",
+        type=cli.prescreen,
+        default=None,
+        metavar="TOP_K[,RANDOM_K]",
+        help="attribute every condition first, exact-ablate only the top-k and a random sample of the rest",
+    )
+    sweep.add_argument(
+        "--max-rows",
+        type=_count(int),
+        default=None,
+        help="generation: rows of one decode batch, conditions x documents (default 256); a unit of "
+        "work is max_rows // batch_size conditions, and Ctrl-C loses at most the unit in flight",
+    )
+    sweep.add_argument(
+        "--attn-implementation",
+        choices=["eager", "sdpa"],
+        default=None,
+        help="generation: attention of the hook-free decoders (default: the model's own, eager; "
+        "sdpa is faster and rounds differently; recorded in the run's manifest)",
+    )
     add_executor_flags(sweep)
     sweep.set_defaults(func=cmd_sweep, figures=None)  # HTML figure under --figures, default: the run directory
     campaign = sub.add_parser("campaign", help="run a campaign file: models x tasks x grids, each sweep resumable")
@@ -190,10 +249,27 @@ def _parser() -> argparse.ArgumentParser:
     campaign.add_argument("--root", default=None, help="run directory root (default: the file's root)")
     campaign.add_argument("--limit", type=_count(int), default=None, help="override every sweep's document limit")
     campaign.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    campaign.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="afterwards, write the report of the campaign's sweeps into DIR (see `report`)",
+    )
     add_executor_flags(campaign)
     campaign.set_defaults(func=cmd_campaign)
-    sub.add_parser("lm-eval", help="lm-evaluation-harness's command line with --model depthprobe available "
-                   "(e.g. --model depthprobe --model_args pretrained=organism-base,interventions=skip:L1 --tasks ...)")
+    report = sub.add_parser(
+        "report",
+        help="a static site of run directories: index, sweep pages with figures, "
+        "study views; opens offline in a browser",
+    )
+    report.add_argument("roots", nargs="+", metavar="ROOT", help="a run directory or a folder holding run directories")
+    report.add_argument("-o", "--out", default="report", help="output directory (default: ./report)")
+    report.set_defaults(func=cmd_report)
+    sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness's command line with --model depthprobe available "
+        "(e.g. --model depthprobe --model_args pretrained=organism-base,interventions=skip:L1 --tasks ...)",
+    )
     return parser
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,15 +96,21 @@ def _as_list(value: Any) -> list[Any]:
 def _check_keys(where: str, given: Mapping[str, Any], allowed: set[str]) -> None:
     bad = sorted(set(given) - allowed)
     if bad:
-        raise ValueError(f"unknown campaign setting(s) {', '.join(bad)} in {where}; valid: {', '.join(sorted(allowed))}")
+        raise ValueError(
+            f"unknown campaign setting(s) {', '.join(bad)} in {where}; valid: {', '.join(sorted(allowed))}"
+        )
 
 
 def _slug(text: str) -> str:
     return str(text).replace("/", "__").replace(":", "_")
 
 
-def plan_campaign(spec: Mapping[str, Any] | str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
-                  limit: int | None = None) -> list[CampaignSweep]:
+def plan_campaign(
+    spec: Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+) -> list[CampaignSweep]:
     """Every sweep of the campaign, grouped by model (so each model's sweeps run together)."""
     if not isinstance(spec, Mapping):
         spec = load_campaign(spec)
@@ -121,8 +127,12 @@ def plan_campaign(spec: Mapping[str, Any] | str | os.PathLike[str], *, root: str
         _check_keys(f"model {m.get('name')!r}", m, MODEL_KEYS | SWEEP_KEYS)
         if "name" not in m:
             raise ValueError("every [[models]] entry needs a name (alias, hub id or directory)")
-        model = ModelSpec(m["name"], dtype=m.get("dtype", defaults.get("dtype")),
-                          device=m.get("device", defaults.get("device")), **dict(m.get("load_options", {})))
+        model = ModelSpec(
+            m["name"],
+            dtype=m.get("dtype", defaults.get("dtype")),
+            device=m.get("device", defaults.get("device")),
+            **dict(m.get("load_options", {})),
+        )
         chat = bool(m.get("chat", False))
         model_name = Path(str(m["name"])).name or str(m["name"])
         for t in tasks:
@@ -133,9 +143,15 @@ def plan_campaign(spec: Mapping[str, Any] | str | os.PathLike[str], *, root: str
             thinkings = _as_list(m.get("thinking", [None])) if chat and generation else [None]
             shots_list = _as_list(t.get("shots", [None]))
             grids = _as_list(t.get("grids", ["layers"]))
-            settings = {k: v for k, v in {**defaults, **{k: v for k, v in m.items() if k in SWEEP_KEYS},
-                                          **{k: v for k, v in t.items() if k in SWEEP_KEYS}}.items()
-                        if k in SWEEP_KEYS}
+            settings = {
+                k: v
+                for k, v in {
+                    **defaults,
+                    **{k: v for k, v in m.items() if k in SWEEP_KEYS},
+                    **{k: v for k, v in t.items() if k in SWEEP_KEYS},
+                }.items()
+                if k in SWEEP_KEYS
+            }
             if limit is not None:
                 settings["limit"] = limit
             if not generation:
@@ -145,9 +161,19 @@ def plan_campaign(spec: Mapping[str, Any] | str | os.PathLike[str], *, root: str
                     leaf = t["name"] + ("" if shots is None else f"_{shots}shot")
                     leaf += "" if thinking is None else ("_think" if thinking else "_nothink")
                     for grid in grids:
-                        out.append(CampaignSweep(model, model_name, t["name"], grid, shots, thinking,
-                                                 chat and generation, base / _slug(model_name) / leaf / _slug(grid),
-                                                 tuple(sorted(settings.items(), key=lambda kv: kv[0]))))
+                        out.append(
+                            CampaignSweep(
+                                model,
+                                model_name,
+                                t["name"],
+                                grid,
+                                shots,
+                                thinking,
+                                chat and generation,
+                                base / _slug(model_name) / leaf / _slug(grid),
+                                tuple(sorted(settings.items(), key=lambda kv: kv[0])),
+                            )
+                        )
     return out
 
 
@@ -185,16 +211,21 @@ def run_campaign(
     from tqdm.auto import tqdm
 
     sweeps = plan_campaign(spec, root=root, limit=limit)
-    remote = executor is not None and not isinstance(executor, InProcessExecutor) and \
-        callable(getattr(executor, "worker_device", None))
+    remote = (
+        executor is not None
+        and not isinstance(executor, InProcessExecutor)
+        and callable(getattr(executor, "worker_device", None))
+    )
     if concurrency is None:
         resources = getattr(executor, "_resources", None)
         concurrency = resources()[0] if remote and callable(resources) else 1
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
     if concurrency > 1 and not remote:
-        raise ValueError(f"concurrency={concurrency} needs an executor with remote workers (RayExecutor); "
-                         f"in this process sweeps run one at a time (concurrency=1)")
+        raise ValueError(
+            f"concurrency={concurrency} needs an executor with remote workers (RayExecutor); "
+            f"in this process sweeps run one at a time (concurrency=1)"
+        )
     bar = tqdm(total=len(sweeps), desc="campaign", unit="sweep", disable=not progress, dynamic_ncols=True)
     lock = threading.Lock()
     rows: list[dict[str, Any] | None] = [None] * len(sweeps)
@@ -210,9 +241,16 @@ def run_campaign(
                 loaded[s.model] = s.model.load()
             model = loaded[s.model]
         df = run_sweep(model, s.task, s.grid, out_dir=s.out_dir, executor=executor, **_sweep_kwargs(s, False))
-        rows[i] = {"model": s.model_name, "task": s.task, "num_fewshot": s.num_fewshot, "thinking": s.thinking,
-                   "grid": s.grid, "run_dir": str(s.out_dir), "n_conditions": len(df),
-                   "wall_s": time.perf_counter() - start}
+        rows[i] = {
+            "model": s.model_name,
+            "task": s.task,
+            "num_fewshot": s.num_fewshot,
+            "thinking": s.thinking,
+            "grid": s.grid,
+            "run_dir": str(s.out_dir),
+            "n_conditions": len(df),
+            "wall_s": time.perf_counter() - start,
+        }
         with lock:
             bar.update(1)
             bar.set_postfix_str(f"{s.model_name} {s.task} {s.grid}"[:50])

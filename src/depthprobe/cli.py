@@ -71,7 +71,9 @@ def experiment_parser(description: str, *, default_model: str, study_example: st
     )
     parser.add_argument("--model", default=default_model, help=f"alias, hub id or directory (default: {default_model})")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU)"
+    )
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N documents")
     parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument("--data-dir", default=None, help="local data laid out <dataset>/<config>/<split>.jsonl")
@@ -124,12 +126,15 @@ def _interrupted() -> str:
         return "depthprobe: interrupted; nothing was being written"
     conditions = _current_run / "conditions"
     n = sum(1 for _ in conditions.glob("[!.]*.json")) if conditions.is_dir() else 0
-    return (f"depthprobe: interrupted; {n} condition(s) are saved in {_current_run}; "
-            f"run the same command again to resume (saved conditions are not recomputed)")
+    return (
+        f"depthprobe: interrupted; {n} condition(s) are saved in {_current_run}; "
+        f"run the same command again to resume (saved conditions are not recomputed)"
+    )
 
 
-def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
-                  line: str | None = None) -> None:
+def _show_warning(
+    message: Any, category: type, filename: str, lineno: int, file: Any = None, line: str | None = None
+) -> None:
     print(f"depthprobe: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
 
@@ -184,14 +189,26 @@ def summary(df: pd.DataFrame, metrics: Sequence[str], *, title: str) -> str:
             if f"delta_{metric}_ci_low" in df.columns:
                 tag = f" {metric}" if len(metrics) > 1 else ""
                 table[f"delta_{metric}_stderr"] = df[f"delta_{metric}_stderr"]
-                table[f"95% CI{tag}"] = [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in
-                                         zip(df[f"delta_{metric}_ci_low"], df[f"delta_{metric}_ci_high"])]
+                table[f"95% CI{tag}"] = [
+                    f"[{lo:+.3f}, {hi:+.3f}]"
+                    for lo, hi in zip(df[f"delta_{metric}_ci_low"], df[f"delta_{metric}_ci_high"])
+                ]
                 table[f"sig{tag}"] = significant(df, metric).map({True: "*", False: ""})
                 marked = True
+    if "identical_to_baseline" in df.columns:  # generation: the share of generations equal to the baseline's
+        table["identical"] = df["identical_to_baseline"]
+        if "delta_identical_to_baseline_ci_low" in df.columns:  # the baseline's own is 1: its delta's interval, shifted
+            table["identical 95% CI"] = [
+                f"[{lo + 1:.3f}, {hi + 1:.3f}]"
+                for lo, hi in zip(df["delta_identical_to_baseline_ci_low"], df["delta_identical_to_baseline_ci_high"])
+            ]
+        table["diverge_at"] = df["diverge_at"]  # mean index of the first token that differs from the baseline's
     if "n_truncated" in df.columns and (df["n_truncated"].fillna(0) > 0).any():
         table["n_truncated"] = df["n_truncated"]
     text = table.to_string(index=False, float_format=lambda x: f"{x:.3f}")
-    note = "\n* the delta's paired 95% t interval excludes 0 (paired t-test on per-document differences)" if marked else ""
+    note = (
+        "\n* the delta's paired 95% t interval excludes 0 (paired t-test on per-document differences)" if marked else ""
+    )
     return f"\n== {title} ==\n{text}{note}\n"
 
 
@@ -218,8 +235,17 @@ def sweep(model: Any, task: Any, grid: Any, args: argparse.Namespace, *parts: st
 
     global _current_run
     _current_run = run_dir(args, *parts)
-    return run_sweep(model, task, grid, out_dir=_current_run, limit=args.limit,
-                     batch_size=args.batch_size, data_dir=args.data_dir, progress=not args.no_progress, **options)
+    return run_sweep(
+        model,
+        task,
+        grid,
+        out_dir=_current_run,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+        **options,
+    )
 
 
 def grid_figure(df: pd.DataFrame, grid: str, metric: str, model: Any, *, title: str) -> Any:
@@ -233,8 +259,14 @@ def grid_figure(df: pd.DataFrame, grid: str, metric: str, model: Any, *, title: 
     if kind in ("heads", "groups", "head_weights") and arg.isdigit():
         dims = model.dims() if callable(getattr(model, "dims", None)) else model_dims(model)  # a ModelSpec, or loaded
         size = dims.group_size if kind != "groups" else 1
-        return plots.head_attribution(df, int(arg), metric=metric, group_size=size,
-                                      kind={"heads": "head", "groups": "group"}.get(kind, kind), title=title)
+        return plots.head_attribution(
+            df,
+            int(arg),
+            metric=metric,
+            group_size=size,
+            kind={"heads": "head", "groups": "group"}.get(kind, kind),
+            title=title,
+        )
     if grid.strip() == "heads:all":
         return plots.head_heatmap(df, metric=metric, title=title)
     return plots.condition_bars(df, metric=metric, title=title)

@@ -6,6 +6,11 @@
 - :func:`head_heatmap`: delta per (layer, head) when several layers were swept.
 - :func:`o_proj_curves`: o_proj replacement schedules against the baseline.
 - :func:`condition_bars`: the delta of every condition of any grid, one bar each.
+- :func:`layer_panels`: layer curves side by side, one panel per run (the three protocols).
+
+Every figure uses one style (:mod:`depthprobe.figure_style`: the template, error bars, colours by
+GQA group) and takes a title that :func:`run_title` builds from the run: model, task, protocol,
+documents and limit. :func:`save_figure` writes HTML and PNG.
 
 Every function plots the DataFrame's values as they are (no smoothing or rescaling). Where the
 results carry paired intervals (``delta_<metric>_ci_low/_ci_high``, see ``depthprobe.uncertainty``)
@@ -16,64 +21,25 @@ difference distinguishable from zero). The heatmap shows the interval on hover.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-__all__ = ["condition_bars", "head_attribution", "head_heatmap", "layer_curves", "o_proj_curves", "save_figure"]
+from depthprobe.figure_style import PALETTE as _PALETTE
+from depthprobe.figure_style import TEMPLATE, Frames, describe_run, n_documents, run_title, save_figure, titled
+from depthprobe.figure_style import as_frames as _as_frames
+from depthprobe.figure_style import baseline_value as _baseline
+from depthprobe.figure_style import error_bars as _error_y
+from depthprobe.figure_style import gqa_groups as _groups
+from depthprobe.figure_style import join_label as _label
+from depthprobe.figure_style import require_columns as _require
+from depthprobe.figure_style import single_conditions as _single
+from depthprobe.figure_style import with_truncation_note as _title
 
-Frames = pd.DataFrame | Mapping[str, pd.DataFrame]
-_PALETTE = qualitative.Plotly
-
-
-def _as_frames(frames: Frames) -> dict[str, pd.DataFrame]:
-    return {"": frames} if isinstance(frames, pd.DataFrame) else dict(frames)
-
-
-def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}; have {', '.join(map(str, df.columns))}")
-
-
-def _single(df: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """Rows of single-intervention conditions of ``kind``."""
-    _require(df, ["kind", "layer", "n_interventions"], "results")
-    return df[(df["kind"] == kind) & (df["n_interventions"] == 1)]
-
-
-def _baseline(df: pd.DataFrame, metric: str) -> float | None:
-    base = df[df["condition"] == "baseline"]
-    return float(base[metric].iloc[0]) if len(base) else None
-
-
-def _error_y(rows: pd.DataFrame, metric: str) -> dict | None:
-    """Plotly ``error_y`` of the paired 95% interval of ``delta_<metric>``, or None when the results have none."""
-    low, high, delta = f"delta_{metric}_ci_low", f"delta_{metric}_ci_high", f"delta_{metric}"
-    if not {low, high, delta} <= set(rows.columns):
-        return None
-    return dict(type="data", symmetric=False, array=(rows[high] - rows[delta]).tolist(),
-                arrayminus=(rows[delta] - rows[low]).tolist(), visible=True)
-
-
-def _title(title: str | None, frames: Frames) -> str | None:
-    """``title``, noting left-truncated prompts when any result was computed on cut prompts."""
-    counts = [int(df["n_truncated"].max()) for df in _as_frames(frames).values()
-              if "n_truncated" in df.columns and df["n_truncated"].notna().any()]
-    if not counts or max(counts) == 0:
-        return title
-    note = f"({max(counts)} prompt(s) cut from the left to fit the model's context)"
-    return f"{title} {note}" if title else note
-
-
-def _label(*parts: str) -> str:
-    return " ".join(p for p in parts if p)
+__all__ = ["TEMPLATE", "condition_bars", "describe_run", "head_attribution", "head_heatmap", "layer_curves"]
+__all__ += ["divergence", "layer_panels", "n_documents", "o_proj_curves", "run_title", "save_figure", "titled"]
 
 
 def layer_curves(
@@ -84,7 +50,10 @@ def layer_curves(
     ``frames`` is one ``load_results`` DataFrame or ``{label: DataFrame}`` (e.g. the three MMLU
     protocols); one line per (label, metric). The baseline is a dotted line in (a).
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("(a) accuracy", "(b) delta vs baseline"))
+    named = ", ".join(metrics)
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=(f"(a) {named if len(named) <= 16 else 'score'}", "(b) delta vs baseline")
+    )
     i = 0
     for label, df in _as_frames(frames).items():
         rows = _single(df, kind).sort_values("layer")
@@ -94,25 +63,51 @@ def layer_curves(
             i += 1
             name = _label(label, metric)
             err = _error_y(rows, metric)
-            fig.add_trace(go.Scatter(x=rows["layer"].astype(int).tolist(), y=rows[metric].tolist(),
-                                     mode="lines+markers", name=name, legendgroup=name,
-                                     line=dict(color=color), error_y=err), row=1, col=1)
-            fig.add_trace(go.Scatter(x=rows["layer"].astype(int).tolist(), y=rows[f"delta_{metric}"].tolist(),
-                                     mode="lines+markers", name=name, legendgroup=name, showlegend=False,
-                                     line=dict(color=color), error_y=err), row=1, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=rows["layer"].astype(int).tolist(),
+                    y=rows[metric].tolist(),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    line=dict(color=color),
+                    error_y=err,
+                ),
+                row=1,
+                col=1,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=rows["layer"].astype(int).tolist(),
+                    y=rows[f"delta_{metric}"].tolist(),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=False,
+                    line=dict(color=color),
+                    error_y=err,
+                ),
+                row=1,
+                col=2,
+            )
             base = _baseline(df, metric)
             if base is not None:
                 fig.add_hline(y=base, line=dict(color=color, dash="dot"), row=1, col=1)
     fig.add_hline(y=0, line=dict(color="grey", width=1), row=1, col=2)
-    fig.update_xaxes(title_text="skipped layer")
+    fig.update_xaxes(title_text="skipped layer", dtick=1)
     fig.update_yaxes(title_text="score", row=1, col=1)
     fig.update_yaxes(title_text="delta", row=1, col=2)
-    fig.update_layout(title=_title(title, frames), template="plotly_white")
+    fig.update_layout(title=_title(title, frames), template=TEMPLATE)
     return fig
 
 
 def head_attribution(
-    df: pd.DataFrame, layer: int, *, metric: str = "acc", group_size: int = 1, kind: str = "head",
+    df: pd.DataFrame,
+    layer: int,
+    *,
+    metric: str = "acc",
+    group_size: int = 1,
+    kind: str = "head",
     title: str | None = None,
 ) -> go.Figure:
     """Per-head (a) ``metric`` and (b) delta bars for ``layer``, each head coloured by its GQA group.
@@ -134,15 +129,31 @@ def head_attribution(
         color = _PALETTE[g % len(_PALETTE)]
         x = part["index"].astype(int).tolist()
         err = _error_y(part, metric)
-        fig.add_trace(go.Bar(x=x, y=part[metric].tolist(), name=f"group {g}", legendgroup=f"g{g}",
-                             marker_color=color, error_y=err), row=1, col=1)
-        fig.add_trace(go.Bar(x=x, y=part[f"delta_{metric}"].tolist(), name=f"group {g}", legendgroup=f"g{g}",
-                             marker_color=color, showlegend=False, error_y=err), row=1, col=2)
+        fig.add_trace(
+            go.Bar(
+                x=x, y=part[metric].tolist(), name=f"group {g}", legendgroup=f"g{g}", marker_color=color, error_y=err
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Bar(
+                x=x,
+                y=part[f"delta_{metric}"].tolist(),
+                name=f"group {g}",
+                legendgroup=f"g{g}",
+                marker_color=color,
+                showlegend=False,
+                error_y=err,
+            ),
+            row=1,
+            col=2,
+        )
     base = _baseline(df, metric)
     if base is not None:
         fig.add_hline(y=base, line=dict(color="black", dash="dot"), row=1, col=1)
     fig.update_xaxes(title_text=f"head of layer {layer}", dtick=1)
-    fig.update_layout(title=_title(title, df), template="plotly_white", barmode="group")
+    fig.update_layout(title=_title(title, df), template=TEMPLATE, barmode="group")
     return fig
 
 
@@ -155,20 +166,35 @@ def head_heatmap(
     rows = _single(df, kind)
     if rows.empty:
         raise ValueError(f"no {kind} conditions in the results")
-    table = rows.assign(layer=rows["layer"].astype(int), index=rows["index"].astype(int)).pivot(
-        index="layer", columns="index", values=column).sort_index().sort_index(axis=1)
+    table = (
+        rows.assign(layer=rows["layer"].astype(int), index=rows["index"].astype(int))
+        .pivot(index="layer", columns="index", values=column)
+        .sort_index()
+        .sort_index(axis=1)
+    )
     hover = None
     if _error_y(rows, metric) is not None:
-        lo, hi = (rows.assign(layer=rows["layer"].astype(int), index=rows["index"].astype(int)).pivot(
-            index="layer", columns="index", values=f"delta_{metric}_ci_{end}").reindex_like(table) for end in ("low", "high"))
+        placed = rows.assign(layer=rows["layer"].astype(int), index=rows["index"].astype(int))
+        lo, hi = (
+            placed.pivot(index="layer", columns="index", values=f"delta_{metric}_ci_{end}").reindex_like(table)
+            for end in ("low", "high")
+        )
         hover = [[f"95% CI [{a:+.3f}, {b:+.3f}]" for a, b in zip(ra, rb)] for ra, rb in zip(lo.values, hi.values)]
-    fig = go.Figure(go.Heatmap(z=table.values.tolist(), x=table.columns.tolist(), y=table.index.tolist(),
-                               colorscale="RdBu", zmid=0 if delta else None, colorbar=dict(title=column),
-                               text=hover, hovertemplate=None if hover is None else
-                               "layer %{y} head %{x}: %{z:.3f} %{text}<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=table.values.tolist(),
+            x=table.columns.tolist(),
+            y=table.index.tolist(),
+            colorscale="RdBu",
+            zmid=0 if delta else None,
+            colorbar=dict(title=column),
+            text=hover,
+            hovertemplate=None if hover is None else "layer %{y} head %{x}: %{z:.3f} %{text}<extra></extra>",
+        )
+    )
     fig.update_xaxes(title_text="head", dtick=1)
     fig.update_yaxes(title_text="layer", dtick=1)
-    fig.update_layout(title=_title(title, df), template="plotly_white")
+    fig.update_layout(title=_title(title, df), template=TEMPLATE)
     return fig
 
 
@@ -200,52 +226,160 @@ def o_proj_curves(frames: Mapping[str, pd.DataFrame], *, metric: str = "acc", ti
         rows = rows.sort_values(x_col)
         x = rows[x_col].astype(int).tolist()
         xs += x
-        fig.add_trace(go.Scatter(x=x, y=rows[metric].tolist(), mode="lines+markers", name=name,
-                                 line=dict(color=_PALETTE[i % len(_PALETTE)]), error_y=_error_y(rows, metric)))
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=rows[metric].tolist(),
+                mode="lines+markers",
+                name=name,
+                line=dict(color=_PALETTE[i % len(_PALETTE)]),
+                error_y=_error_y(rows, metric),
+            )
+        )
         base = base if base is not None else _baseline(df, metric)
     if base is not None and xs:
-        fig.add_trace(go.Scatter(x=[min(xs), max(xs)], y=[base, base], mode="lines", name="baseline",
-                                 line=dict(color="black", dash="dot")))
-    fig.update_xaxes(title_text="layer (per-layer: patched alone; reverse: first of k..L-1; accumulative: last of 0..k)",
-                     tickmode="linear", dtick=1)
+        fig.add_trace(
+            go.Scatter(
+                x=[min(xs), max(xs)],
+                y=[base, base],
+                mode="lines",
+                name="baseline",
+                line=dict(color="black", dash="dot"),
+            )
+        )
+    axis = "layer (per-layer: patched alone; reverse: first of k..L-1; accumulative: last of 0..k)"
+    fig.update_xaxes(title_text=axis, tickmode="linear", dtick=1)
     fig.update_yaxes(title_text=metric)
-    fig.update_layout(title=_title(title, frames), template="plotly_white")
+    fig.update_layout(title=_title(title, frames), template=TEMPLATE)
     return fig
 
 
-def condition_bars(df: pd.DataFrame, *, metric: str = "acc", title: str | None = None) -> go.Figure:
-    """``delta_<metric>`` of every condition but the baseline, one bar each in the results' order."""
+def condition_bars(
+    df: pd.DataFrame, *, metric: str = "acc", group_size: int | None = None, title: str | None = None
+) -> go.Figure:
+    """``delta_<metric>`` of every condition but the baseline, one bar each in the results' order.
+
+    With ``group_size`` (query heads per KV head) head and group conditions are coloured by their
+    GQA group, one trace per group (other conditions form one more trace); without it, one trace.
+    """
     _require(df, ["condition", f"delta_{metric}"], "results")
     rows = df[df["condition"] != "baseline"]
     if rows.empty:
         raise ValueError("no conditions besides the baseline in the results")
-    fig = go.Figure(go.Bar(x=rows["condition"].tolist(), y=rows[f"delta_{metric}"].tolist(), name=f"delta {metric}",
-                           marker_color=_PALETTE[0], error_y=_error_y(rows, metric)))
+    fig = go.Figure()
+    group = _groups(rows, group_size)
+    order = list(rows["condition"])
+    for g in sorted(group.unique()):
+        part = rows[group == g]
+        name = f"delta {metric}" if group_size is None else ("other" if g < 0 else f"group {g}")
+        fig.add_trace(
+            go.Bar(
+                x=part["condition"].tolist(),
+                y=part[f"delta_{metric}"].tolist(),
+                name=name,
+                marker_color="#7f7f7f" if g < 0 else _PALETTE[g % len(_PALETTE)],
+                error_y=_error_y(part, metric),
+            )
+        )
+    fig.update_xaxes(categoryorder="array", categoryarray=order)
     fig.update_xaxes(title_text="condition")
     fig.update_yaxes(title_text=f"delta {metric}")
-    fig.update_layout(title=_title(title, df), template="plotly_white")
+    fig.update_layout(title=_title(title, df), template=TEMPLATE)
     return fig
 
 
-def save_figure(fig: go.Figure, path_stem: str | os.PathLike[str], *, png: bool = True) -> list[Path]:
-    """Write ``<stem>.html`` (self-contained) and, with ``png``, ``<stem>.png`` when kaleido finds a browser.
+def layer_panels(
+    frames: Mapping[str, pd.DataFrame],
+    metrics: Mapping[str, str] | str,
+    *,
+    kind: str = "skip",
+    title: str | None = None,
+) -> go.Figure:
+    """One panel per run, side by side: its ``metric`` against the skipped layer, with error bars and
+    the baseline dotted (the same questions under several protocols, each with its own metric).
 
-    Without a usable Chrome/Chromium the PNG is skipped with one warning line on stderr.
-    Returns the files written.
+    ``metrics`` maps each label of ``frames`` to its metric (or one metric for all); one trace per panel.
     """
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    html = stem.with_suffix(".html")
-    fig.write_html(html, include_plotlyjs=True, full_html=True)
-    written = [html]
-    if not png:
-        return written
-    png = stem.with_suffix(".png")
-    try:
-        fig.write_image(png, scale=2)
-        written.append(png)
-    except Exception as err:  # kaleido missing, no browser, or the browser failed: HTML is enough
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        print(f"depthprobe: PNG not written for {stem.name} ({type(err).__name__}: {reason[:160]}); "
-              f"install kaleido and chromium for PNGs", file=sys.stderr)
-    return written
+    frames = dict(frames)
+    if not frames:
+        raise ValueError("layer_panels needs at least one run")
+    metric_of = {label: metrics if isinstance(metrics, str) else metrics[label] for label in frames}
+    fig = make_subplots(
+        rows=1,
+        cols=len(frames),
+        shared_yaxes=False,
+        subplot_titles=[f"{label}: {metric_of[label]}" for label in frames],
+    )
+    for i, (label, df) in enumerate(frames.items()):
+        metric = metric_of[label]
+        _require(df, [metric], f"results {label!r}")
+        rows = _single(df, kind).sort_values("layer")
+        color = _PALETTE[i % len(_PALETTE)]
+        fig.add_trace(
+            go.Scatter(
+                x=rows["layer"].astype(int).tolist(),
+                y=rows[metric].tolist(),
+                mode="lines+markers",
+                name=label,
+                line=dict(color=color),
+                error_y=_error_y(rows, metric),
+            ),
+            row=1,
+            col=i + 1,
+        )
+        base = _baseline(df, metric)
+        if base is not None:
+            fig.add_hline(y=base, line=dict(color=color, dash="dot"), row=1, col=i + 1)
+        fig.update_xaxes(title_text="skipped layer", dtick=1, row=1, col=i + 1)
+    fig.update_yaxes(title_text="score", row=1, col=1)
+    fig.update_layout(title=_title(title, frames), template=TEMPLATE, showlegend=False)
+    return fig
+
+
+def divergence(df: pd.DataFrame, *, group_size: int | None = None, title: str | None = None) -> go.Figure:
+    """How much of the baseline's generation each condition keeps: (a) the share of documents whose generation
+    is identical to the baseline's, (b) the mean index of the first generated token that differs.
+
+    One bar per condition in the results' order (per layer for a layer sweep, per head for a head
+    sweep); with ``group_size`` (query heads per KV head) head and group conditions are coloured by
+    their GQA group. Error bars: the paired 95% interval of each delta from the baseline (whose
+    share is 1 and whose ``diverge_at`` is its own length, dotted in (b)). Finer than exact match:
+    a condition can change every generation without changing a single answer.
+    """
+    _require(df, ["condition", "identical_to_baseline", "diverge_at"], "results of a generation sweep")
+    rows = df[df["condition"] != "baseline"]
+    if rows.empty:
+        raise ValueError("no conditions besides the baseline in the results")
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("(a) generations identical to the baseline's", "(b) first differing token (mean index)"),
+    )
+    group = _groups(rows, group_size)
+    order = list(rows["condition"])
+    for g in sorted(group.unique()):
+        part = rows[group == g]
+        name = "conditions" if group_size is None else ("other" if g < 0 else f"group {g}")
+        color = "#7f7f7f" if g < 0 else _PALETTE[g % len(_PALETTE)]
+        for col, metric in ((1, "identical_to_baseline"), (2, "diverge_at")):
+            fig.add_trace(
+                go.Bar(
+                    x=part["condition"].tolist(),
+                    y=part[metric].tolist(),
+                    name=name,
+                    legendgroup=name,
+                    marker_color=color,
+                    showlegend=col == 1,
+                    error_y=_error_y(part, metric),
+                ),
+                row=1,
+                col=col,
+            )
+    base = _baseline(df, "diverge_at")
+    if base is not None:
+        fig.add_hline(y=base, line=dict(color="black", dash="dot"), row=1, col=2)
+    fig.update_xaxes(categoryorder="array", categoryarray=order, title_text="condition")
+    fig.update_yaxes(title_text="share of documents", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="generated tokens", row=1, col=2)
+    fig.update_layout(title=_title(title, df), template=TEMPLATE)
+    return fig

@@ -99,8 +99,10 @@ def significant(df: pd.DataFrame, metric: str) -> pd.Series:
     low, high = f"delta_{metric}_ci_low", f"delta_{metric}_ci_high"
     missing = [c for c in (low, high) if c not in df.columns]
     if missing:
-        raise ValueError(f"no interval for {metric!r}: missing column(s) {', '.join(missing)}; "
-                         f"intervals need per-document samples with a doc_id")
+        raise ValueError(
+            f"no interval for {metric!r}: missing column(s) {', '.join(missing)}; "
+            f"intervals need per-document samples with a doc_id"
+        )
     return (df[low] > 0) | (df[high] < 0)
 
 
@@ -120,7 +122,9 @@ def _slim_samples(records: Sequence[Mapping[str, Any]], metrics: Sequence[str], 
     return pd.DataFrame(rows)
 
 
-def add_delta_uncertainty(df: pd.DataFrame, records: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> pd.DataFrame:
+def add_delta_uncertainty(
+    df: pd.DataFrame, records: Sequence[Mapping[str, Any]], metrics: Sequence[str]
+) -> pd.DataFrame:
     """``df`` (one row per condition) with the paired stderr and interval columns of ``metrics`` added where computable."""
     stats = paired_delta_stats(_slim_samples(records, metrics), metrics)
     for col in stats.columns:

@@ -4,6 +4,7 @@
 :mod:`.logits` computes every condition's logits from one unablated pass (tail-only forwards
 from the first edited layer); :mod:`.choices` scores multiple-choice documents under every
 condition on a shared context; :mod:`.generation` decodes every condition of a generation task
-in one batch. The sweep runner and attribution both build on this package; it knows nothing of
+in one batch, by default verifying the baseline's generation under each condition and decoding
+only from where it departs (:mod:`.verify`, :mod:`.verify_passes`, :mod:`.divergence`). The sweep runner and attribution both build on this package; it knows nothing of
 run directories or executors.
 """

@@ -23,6 +23,9 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from depthprobe.engine.grids import Condition, unique_ids
+from depthprobe.engine.logits import _chunks, _row_hook
+from depthprobe.engine.verify import VerifyStats, verify_group
 from depthprobe.evaluation.decode import Decoded, HookedDecoder, prefix_cache
 from depthprobe.evaluation.fast_decode import BlockDecoder
 from depthprobe.evaluation.generation import Generation, plan_generation
@@ -30,9 +33,6 @@ from depthprobe.evaluation.stops import StopPolicy
 from depthprobe.interventions import ablate, bind_all, order_hooks, validate
 from depthprobe.interventions.weights import hook_free_allowed
 from depthprobe.models import model_dims
-from depthprobe.engine.logits import _chunks, _row_hook
-from depthprobe.engine.grids import Condition, unique_ids
-from depthprobe.engine.verify import VerifyStats, verify_group
 
 __all__ = ["DRAFTS", "HookedBlockDecoder", "generate_conditions"]
 
@@ -60,12 +60,26 @@ class HookedBlockDecoder(HookedDecoder):
         self.row_blocks = len(self.conditions)
         self._per_step: list[tuple[str, Callable[..., Any]]] | None = None
 
-    def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
-                 policy: StopPolicy, past_key_values: Any = None) -> Decoded:
+    def __call__(
+        self,
+        model: Any,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        max_new_tokens: int,
+        policy: StopPolicy,
+        past_key_values: Any = None,
+    ) -> Decoded:
         b = input_ids.shape[0] // self.row_blocks  # the loop refuses a batch that is not equal blocks
         with model.hooks(fwd_hooks=self._hooks(b)):
-            return super().__call__(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                                    policy=policy, past_key_values=past_key_values)
+            return super().__call__(
+                model,
+                input_ids,
+                attention_mask,
+                max_new_tokens=max_new_tokens,
+                policy=policy,
+                past_key_values=past_key_values,
+            )
 
     @torch.inference_mode()
     def resume(self, model: Any, rows: Any, **kw: Any) -> Decoded:
@@ -86,13 +100,18 @@ class HookedBlockDecoder(HookedDecoder):
             return super().step_all(model, ids, mask, positions, cache)
 
     def _hooks(self, b: int) -> list[tuple[str, Callable[..., Any]]]:
-        return [(name, _row_hook(fn, self._block(j, b))) for j, bound in enumerate(self.bound)
-                for name, fn in order_hooks(bound)]
+        return [
+            (name, _row_hook(fn, self._block(j, b)))
+            for j, bound in enumerate(self.bound)
+            for name, fn in order_hooks(bound)
+        ]
 
     def _block(self, j: int, b: int) -> Callable[[], slice | Tensor]:
         """Block ``j``'s rows of the running batch (``b`` rows per block before any row ended)."""
+
         def rows() -> slice | Tensor:
             return slice(j * b, (j + 1) * b) if self.block_rows is None else self.block_rows[j]
+
         return rows
 
     def prefix_cache(self, model: Any, prefix_ids: list[int], device: Any) -> DynamicCache:
@@ -112,7 +131,7 @@ def _groups(conditions: Sequence[Condition], per_forward: int, hook_free: bool) 
     """Conditions decoded together: exact ones (hook-free) and the rest (hooks) apart, at most ``per_forward`` each."""
     exact = [i for i, c in enumerate(conditions) if hook_free and hook_free_allowed(c)]
     hooked = [i for i in range(len(conditions)) if i not in set(exact)]
-    groups = [exact[i:i + per_forward] for i in range(0, len(exact), per_forward)]
+    groups = [exact[i : i + per_forward] for i in range(0, len(exact), per_forward)]
     return groups + (_chunks(conditions, hooked, per_forward) if hooked else [])
 
 
@@ -131,7 +150,7 @@ def generate_conditions(
     attn_implementation: str | None = None,
     draft: str | None = "baseline",
     baseline: Sequence[Sequence[int]] | None = None,
-    lookup: int = LOOKUP_TOKENS,
+    lookup: int | None = None,
     stats: VerifyStats | None = None,
 ) -> dict[str, list[Generation]]:
     """``{condition id: [Generation]}``: every prompt under every condition, conditions batched as row blocks.
@@ -145,7 +164,7 @@ def generate_conditions(
     decodes each row only from its first differing token (:mod:`depthprobe.engine.verify`):
     ``baseline`` gives the baseline's generated ids per prompt (``Generation.tokens``), else it is
     decoded here first; ``lookup`` drafted tokens per step are checked after a divergence (0:
-    none). ``draft=None`` decodes every token of every condition. Both give the same generations.
+    none; None: :data:`LOOKUP_TOKENS`). ``draft=None`` decodes every token of every condition. Both give the same generations.
     ``stats`` (a :class:`~depthprobe.engine.verify.VerifyStats`) collects where the work went.
     """
     ids = unique_ids(conditions)
@@ -153,30 +172,42 @@ def generate_conditions(
         raise ValueError(f"max_rows must be >= 1 or None, got {max_rows}")
     if draft not in DRAFTS:
         raise ValueError(f"draft must be one of {', '.join(map(repr, DRAFTS))}, got {draft!r}")
+    lookup = LOOKUP_TOKENS if lookup is None else lookup
     if isinstance(lookup, bool) or not isinstance(lookup, int) or lookup < 0:
         raise ValueError(f"lookup must be a non-negative integer, got {lookup!r}")
     dims = model_dims(model)
     for cond in conditions:
         validate(dims, list(cond))
-    plan = plan_generation(model, prompts, until=until, max_gen_toks=max_gen_toks, batch_size=batch_size,
-                           prefix=prefix)
+    plan = plan_generation(model, prompts, until=until, max_gen_toks=max_gen_toks, batch_size=batch_size, prefix=prefix)
     if not plan:
         return {cid: [] for cid in ids}
-    if baseline is not None and (len(baseline) != len(prompts)
-                                 or any(not 0 < len(t) <= max_gen_toks for t in baseline)):
-        raise ValueError(f"baseline must hold 1 to max_gen_toks={max_gen_toks} generated ids for each of the "
-                         f"{len(prompts)} prompts")
+    if baseline is not None and (
+        len(baseline) != len(prompts) or any(not 0 < len(t) <= max_gen_toks for t in baseline)
+    ):
+        raise ValueError(
+            f"baseline must hold 1 to max_gen_toks={max_gen_toks} generated ids for each of the {len(prompts)} prompts"
+        )
     per_forward = len(conditions) if max_rows is None else max(1, max_rows // batch_size)
     results: dict[str, list[Generation]] = {}
     todo = list(range(len(conditions)))
     if draft == "baseline":
         if baseline is None:  # one condition: as many documents per batch as rows allow
-            base = _decode(model, _wide(model, plan, prompts, max_rows, until=until, max_gen_toks=max_gen_toks,
-                                        prefix=prefix), [[]], [0], hook_free, attn_implementation)[0]
+            base = _decode(
+                model,
+                _wide(model, plan, prompts, max_rows, until=until, max_gen_toks=max_gen_toks, prefix=prefix),
+                [[]],
+                [0],
+                hook_free,
+                attn_implementation,
+            )[0]
             baseline = [g.tokens for g in base]
         else:
-            base = [plan.generation(i, t, plan.policy.is_done(t), plan.requests.prefix_ids is not None
-                                    and i in plan.requests.reuse) for i, t in enumerate(baseline)]
+            base = [
+                plan.generation(
+                    i, t, plan.policy.is_done(t), plan.requests.prefix_ids is not None and i in plan.requests.reuse
+                )
+                for i, t in enumerate(baseline)
+            ]
         todo = [i for i, c in enumerate(conditions) if len(c)]
         results.update({ids[i]: base for i, c in enumerate(conditions) if not len(c)})
     for group in _groups([conditions[i] for i in todo], per_forward, hook_free):
@@ -185,10 +216,22 @@ def generate_conditions(
             gens = _decode(model, plan, conditions, group, hook_free, attn_implementation)
         else:
             exact, members = hook_free and hook_free_allowed(conditions[group[0]]), [conditions[i] for i in group]
-            decoder = BlockDecoder(members, attn_implementation=attn_implementation) if exact \
+            decoder = (
+                BlockDecoder(members, attn_implementation=attn_implementation)
+                if exact
                 else HookedBlockDecoder(model, members)
-            gens = verify_group(model, plan, decoder, baseline, hook_free=exact, attn_implementation=attn_implementation,
-                                lookup=lookup, max_rows=max_rows, stats=stats)
+            )
+            gens = verify_group(
+                model,
+                plan,
+                decoder,
+                baseline,
+                hook_free=exact,
+                attn_implementation=attn_implementation,
+                lookup=lookup,
+                max_rows=max_rows,
+                stats=stats,
+            )
         results.update({ids[i]: g for i, g in zip(group, gens)})
     return {cid: results[cid] for cid in ids}
 
@@ -201,11 +244,18 @@ def _wide(model: Any, plan: Any, prompts: list[str], max_rows: int | None, **kw:
     return plan_generation(model, prompts, batch_size=width, **kw)
 
 
-def _decode(model: Any, plan: Any, conditions: Sequence[Condition], group: list[int], hook_free: bool,
-            attn_implementation: str | None) -> list[list[Generation]]:
+def _decode(
+    model: Any,
+    plan: Any,
+    conditions: Sequence[Condition],
+    group: list[int],
+    hook_free: bool,
+    attn_implementation: str | None,
+) -> list[list[Generation]]:
     """Every token of the conditions ``group`` decoded as row blocks of each batch: ``[member][request]``."""
     members = [conditions[i] for i in group]
     exact = hook_free and hook_free_allowed(members[0])
-    decoder = BlockDecoder(members, attn_implementation=attn_implementation) if exact \
-        else HookedBlockDecoder(model, members)
+    decoder = (
+        BlockDecoder(members, attn_implementation=attn_implementation) if exact else HookedBlockDecoder(model, members)
+    )
     return plan.run(model, decoder, copies=len(members))

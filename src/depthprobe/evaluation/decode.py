@@ -20,6 +20,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from depthprobe import adapter
+from depthprobe.evaluation.running import Refill, Rows, RunningBatch
 from depthprobe.evaluation.stops import StopPolicy
 
 __all__ = ["Decoded", "Decoder", "HookedDecoder", "LoopDecoder", "Rows", "prefix_cache"]
@@ -44,14 +45,28 @@ class Decoded:
 class Decoder(Protocol):
     """Greedy continuation of a left-padded batch under a stop policy."""
 
-    def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
-                 policy: StopPolicy, past_key_values: Any = None) -> Decoded: ...
+    def __call__(
+        self,
+        model: Any,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        max_new_tokens: int,
+        policy: StopPolicy,
+        past_key_values: Any = None,
+    ) -> Decoded: ...
 
 
 def _forward_last_logits(model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, keep: int = 1) -> Tensor:
     """Logits of the last position only (HF generate's ``logits_to_keep=1``); ``keep`` > 1: ``[batch, keep, vocab]``."""
-    logits = model(ids, return_type="logits", attention_mask=mask, position_ids=positions, logits_to_keep=keep,
-                   **adapter.cache_kwargs(model, cache))
+    logits = model(
+        ids,
+        return_type="logits",
+        attention_mask=mask,
+        position_ids=positions,
+        logits_to_keep=keep,
+        **adapter.cache_kwargs(model, cache),
+    )
     return logits[:, -1, :] if keep == 1 else logits[:, -keep:, :]
 
 
@@ -62,8 +77,14 @@ def prefix_cache(model: Any, prefix_ids: list[int], device: Any) -> DynamicCache
     ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
     mask = torch.ones_like(ids)
     positions = torch.arange(len(prefix_ids), device=device)[None]
-    model(ids, return_type="logits", attention_mask=mask, position_ids=positions, logits_to_keep=1,
-          **adapter.cache_kwargs(model, cache))
+    model(
+        ids,
+        return_type="logits",
+        attention_mask=mask,
+        position_ids=positions,
+        logits_to_keep=1,
+        **adapter.cache_kwargs(model, cache),
+    )
     return cache
 
 
@@ -93,6 +114,8 @@ class LoopDecoder:
     compact: bool = False
     #: the fraction of the running batch that must have ended before it is compacted (each compaction copies the cache)
     compact_fraction: float = 0.25
+    #: resumed decoding (:meth:`resume`) takes in more rows once this fraction of its places is free
+    refill_fraction: float = 0.25
     #: equal row blocks of every batch: block ``j`` is rows ``j*B .. (j+1)*B`` (a sweep decoder's ``j``-th condition)
     row_blocks: int = 1
     #: each block's rows (indices into the running batch) once ended rows were dropped; None while the batch is whole
@@ -109,8 +132,16 @@ class LoopDecoder:
         """The first forward (the prompts); a decoder may compute it differently from the one-token steps."""
         return self.step(model, ids, mask, positions, cache)
 
-    def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
-                 policy: StopPolicy, past_key_values: Any = None) -> Decoded:
+    def __call__(
+        self,
+        model: Any,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        max_new_tokens: int,
+        policy: StopPolicy,
+        past_key_values: Any = None,
+    ) -> Decoded:
         batch, n_new = input_ids.shape
         if batch % self.row_blocks:
             raise ValueError(f"a batch of {batch} rows cannot hold {self.row_blocks} equal row blocks")
@@ -139,15 +170,24 @@ class LoopDecoder:
         # Hugging Face generate: positions are the running count of attended tokens.
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         block = torch.arange(batch, device=input_ids.device) // (batch // self.row_blocks)
-        state = _State([[] for _ in range(batch)], block, mask, cache)
+        state = RunningBatch([[] for _ in range(batch)], block, mask, cache)
         return self._loop(model, state, input_ids, positions[:, -n_new:], max_new_tokens, policy, None)
 
-    def resume(self, model: Any, rows: "Callable[[int], Rows | None]", *, capacity: int, max_new_tokens: int,
-               policy: StopPolicy, draft: "Callable[[int, list[int]], Sequence[int]] | None" = None,
-               draft_tokens: int = 0) -> Decoded:
+    def resume(
+        self,
+        model: Any,
+        rows: Callable[[int, int], Rows | None],
+        *,
+        capacity: int,
+        max_new_tokens: int,
+        policy: StopPolicy,
+        draft: Callable[[int, list[int]], Sequence[int]] | None = None,
+        draft_tokens: int = 0,
+    ) -> Decoded:
         """Continue generations already under way (the verification engine's rows after their first differing token).
 
-        ``rows(n)`` hands over up to ``n`` more rows (:class:`Rows`, None when there are no more):
+        ``rows(n, width)`` hands over up to ``n`` more rows (:class:`Rows`, None when there are no more;
+        ``width``: the running batch's cache width, 0 when it is empty, so rows of a similar length can be chosen):
         the loop takes ``capacity`` at first and, as rows end, takes more to fill the freed places
         (continuous batching), so a forward runs on up to ``capacity`` rows for as long as rows
         remain. ``Decoded`` lists the rows in the order they were handed over, each with its
@@ -157,21 +197,31 @@ class LoopDecoder:
         """
         if capacity < 1 or max_new_tokens < 1:
             raise ValueError(f"capacity and max_new_tokens must be >= 1, got {capacity} and {max_new_tokens}")
-        first = rows(capacity)
+        first = rows(capacity, 0)
         if first is None:
             return Decoded([], [], 0)
         first.check(max_new_tokens, self.row_blocks)
         device = first.mask.device
-        state = _State([list(p) for p in first.prior], torch.tensor(first.blocks, device=device),
-                       first.mask.long(), first.cache)
+        state = RunningBatch(
+            [list(p) for p in first.prior], torch.tensor(first.blocks, device=device), first.mask.long(), first.cache
+        )
+        state.pack()
         ids = torch.tensor([[p[-1]] for p in first.prior], dtype=torch.long, device=device)
         state.mask = torch.cat([state.mask, state.mask.new_ones(len(first.prior), 1)], dim=1)
         positions = state.mask.sum(-1, keepdim=True) - 1
-        refill = _Refill(rows, capacity, max_new_tokens, self.row_blocks, draft, draft_tokens)
+        refill = Refill(rows, capacity, max_new_tokens, self.row_blocks, draft, draft_tokens)
         return self._loop(model, state, ids, positions, max_new_tokens, policy, refill)
 
-    def _loop(self, model: Any, state: "_State", step_ids: Tensor, step_pos: Tensor, max_new_tokens: int,
-              policy: StopPolicy, refill: "_Refill | None") -> Decoded:
+    def _loop(
+        self,
+        model: Any,
+        state: RunningBatch,
+        step_ids: Tensor,
+        step_pos: Tensor,
+        max_new_tokens: int,
+        policy: StopPolicy,
+        refill: Refill | None,
+    ) -> Decoded:
         out, device = state.out, step_ids.device
         tokenizer = model.tokenizer
         pad = adapter.pad_token_id(tokenizer) if tokenizer is not None else 0
@@ -209,7 +259,7 @@ class LoopDecoder:
                         if over[row]:
                             break
                 ended = sum(over[row] for row in live)
-                if ended == len(live) and (refill is None or refill.exhausted):
+                if ended == len(live) and (refill is None or refill.finished):
                     break
                 if draft is not None:  # rejected drafts stay in the cache, masked out
                     cols = torch.arange(width, device=device)[None, :] < torch.tensor(consumed, device=device)[:, None]
@@ -222,130 +272,50 @@ class LoopDecoder:
                     keep = [at for at, row in enumerate(live) if not over[row]]
                     state.select(torch.tensor(keep, dtype=torch.long, device=device))
                     next_pos, live = next_pos[keep], [live[at] for at in keep]
-                    self.block_rows = state.blocks(self.row_blocks)
                     if refill is not None:
+                        live, next_pos = refill.park(state, live, next_pos)
                         state.pack()
-                if refill is not None and refill.wants(len(live), self.compact_fraction):
+                    self.block_rows = state.blocks(self.row_blocks)
+                if refill is not None and refill.wants(len(live), self.refill_fraction):
                     added = refill.take(state, len(live), done, over)
                     if added:
                         next_pos = torch.cat([next_pos, added[1]])
                         live += added[0]
                         self.block_rows = state.blocks(self.row_blocks)
                         state.pack()
+                if refill is not None and not live and refill.exhausted and refill.parked:
+                    live, next_pos = refill.unpark(state)
+                    self.block_rows = state.blocks(self.row_blocks)
+                    state.pack()
                 if not live:
                     break
-                proposals = [[] if over[row] else
-                             list(draft(row, out[row]))[: min(refill.draft_tokens, max_new_tokens - len(out[row]) - 1)]
-                             for row in live] if draft is not None else [[] for _ in live]
+                proposals = (
+                    [
+                        []
+                        if over[row]
+                        else list(draft(row, out[row]))[: min(refill.draft_tokens, max_new_tokens - len(out[row]) - 1)]
+                        for row in live
+                    ]
+                    if draft is not None
+                    else [[] for _ in live]
+                )
                 proposed = [len(p) for p in proposals]
                 width = 1 + max(proposed)
-                rows = [[pad if over[row] else out[row][-1]] + p + [pad] * (width - 1 - len(p))
-                        for row, p in zip(live, proposals)]
+                rows = [
+                    [pad if over[row] else out[row][-1]] + p + [pad] * (width - 1 - len(p))
+                    for row, p in zip(live, proposals)
+                ]
                 step_ids = torch.tensor(rows, dtype=step_ids.dtype, device=device)
-                real = torch.tensor([[1] * (1 + len(p)) + [0] * (width - 1 - len(p)) for p in proposals],
-                                    dtype=state.mask.dtype, device=device)
+                real = torch.tensor(
+                    [[1] * (1 + len(p)) + [0] * (width - 1 - len(p)) for p in proposals],
+                    dtype=state.mask.dtype,
+                    device=device,
+                )
                 state.mask = torch.cat([state.mask, real], dim=1)
                 step_pos = next_pos + torch.arange(width, device=device)[None, :]
         finally:
             self.block_rows = None
         return Decoded(out, list(done), row_steps, forwards, accepted)
-
-
-@dataclass
-class Rows:
-    """Rows joining a resumed decoding (:meth:`LoopDecoder.resume`).
-
-    ``prior[r]``: row ``r``'s tokens generated so far, its last not yet in the cache (its next
-    input; none may have ended); ``blocks[r]``: its row block (condition); ``cache``: the rows' KV
-    cache; ``mask``: ``[rows, cache positions]``, 0 where a position must not be attended.
-    """
-
-    prior: list[list[int]]
-    blocks: list[int]
-    cache: Any
-    mask: Tensor
-
-    def check(self, max_new_tokens: int, row_blocks: int) -> None:
-        n = len(self.prior)
-        if len(self.blocks) != n or self.mask.shape[0] != n:
-            raise ValueError(f"rows: {n} token lists, {len(self.blocks)} blocks and a mask of {self.mask.shape[0]} rows")
-        if any(not p or len(p) >= max_new_tokens for p in self.prior):
-            raise ValueError(f"every resumed row needs 1 to {max_new_tokens - 1} tokens so far")
-        if any(not 0 <= b < row_blocks for b in self.blocks):
-            raise ValueError(f"blocks must be in 0..{row_blocks - 1}")
-        if self.cache.get_seq_length() != self.mask.shape[1]:
-            raise ValueError(f"the mask covers {self.mask.shape[1]} positions; the cache holds {self.cache.get_seq_length()}")
-
-
-class _State:
-    """The running batch of the decoding loop: tokens per original row, each running row's block, mask and cache."""
-
-    def __init__(self, out: list[list[int]], block: Tensor, mask: Tensor, cache: Any) -> None:
-        self.out, self.block, self.mask, self.cache = out, block, mask, cache
-
-    def blocks(self, k: int) -> list[Tensor]:
-        """Each block's rows of the running batch."""
-        return [(self.block == j).nonzero()[:, 0] for j in range(k)]
-
-    def select(self, index: Tensor) -> None:
-        self.cache.batch_select_indices(index)
-        self.mask, self.block = self.mask[index], self.block[index]
-
-    def pack(self) -> None:
-        """Move every row's attended positions to the right end, in order, and drop the columns no row attends.
-
-        Cached keys carry their rotary positions and masked positions get exactly zero attention,
-        so this changes no result beyond the rounding of a shorter reduction; it keeps a batch of
-        rows of different lengths (and rejected drafts) from costing every row the longest's width.
-        """
-        width = int(self.mask.sum(-1).max()) if self.mask.numel() else 0
-        if width == self.mask.shape[1]:
-            return
-        index = torch.sort(self.mask, dim=-1, stable=True).indices[:, self.mask.shape[1] - width:]  # zeros first
-        self.mask = self.mask.gather(1, index)
-        for layer in self.cache.layers:
-            where = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
-            layer.keys, layer.values = layer.keys.gather(2, where), layer.values.gather(2, where)
-
-
-class _Refill:
-    """Continuous batching for :meth:`LoopDecoder.resume`: more rows as running ones end."""
-
-    def __init__(self, rows: Callable[[int], Rows | None], capacity: int, max_new_tokens: int, row_blocks: int,
-                 draft: Callable[[int, list[int]], Sequence[int]] | None, draft_tokens: int) -> None:
-        self.rows, self.capacity, self.max_new_tokens, self.row_blocks = rows, capacity, max_new_tokens, row_blocks
-        self.draft, self.draft_tokens = draft, draft_tokens
-        self.exhausted = False
-
-    def wants(self, running: int, fraction: float) -> bool:
-        return not self.exhausted and self.capacity - running >= max(1, fraction * self.capacity)
-
-    def take(self, state: _State, running: int, done: list[bool], over: list[bool]) -> tuple[list[int], Tensor] | None:
-        """Append more rows to ``state`` (caches left-padded to a common width); their original rows and next positions."""
-        new = self.rows(self.capacity - running)
-        if new is None:
-            self.exhausted = True
-            return None
-        new.check(self.max_new_tokens, self.row_blocks)
-        width, mine = state.mask.shape[1], new.mask.shape[1]
-        full = max(width, mine) if running else mine
-        layers = []
-        for old, add in zip(state.cache.layers, new.cache.layers):
-            pairs = []
-            for a, b in ((old.keys, add.keys), (old.values, add.values)):
-                b = torch.nn.functional.pad(b, (0, 0, full - mine, 0))
-                pairs.append(torch.cat([torch.nn.functional.pad(a, (0, 0, full - width, 0)), b]) if running else b)
-            layers.append(tuple(pairs))
-        state.cache.layers = DynamicCache(layers).layers
-        mask = torch.nn.functional.pad(new.mask.long(), (full - mine, 0))
-        state.mask = torch.cat([torch.nn.functional.pad(state.mask, (full - width, 0)), mask]) if running else mask
-        state.block = torch.cat([state.block, torch.tensor(new.blocks, device=state.block.device)])
-        start = len(state.out)
-        state.out.extend(list(p) for p in new.prior)
-        done.extend([False] * len(new.prior))
-        over.extend([False] * len(new.prior))
-        # the next input of a new row is its last token, at the position after its attended tokens
-        return list(range(start, len(state.out))), mask.sum(-1, keepdim=True)
 
 
 class HookedDecoder(LoopDecoder):
@@ -356,4 +326,5 @@ class HookedDecoder(LoopDecoder):
 
     def step_all(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
         return _forward_last_logits(model, ids, mask, positions, cache, keep=ids.shape[1]).reshape(
-            ids.shape[0], ids.shape[1], -1)
+            ids.shape[0], ids.shape[1], -1
+        )

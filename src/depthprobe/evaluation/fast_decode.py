@@ -27,8 +27,14 @@ from transformers import DynamicCache
 from depthprobe import adapter
 from depthprobe.evaluation.decode import Decoded, LoopDecoder
 from depthprobe.evaluation.stops import StopPolicy
-from depthprobe.interventions.weights import (RowEdits, edited_model, hook_free_allowed, kept_layers, plain_model,
-                                              require_exact)
+from depthprobe.interventions.weights import (
+    RowEdits,
+    edited_model,
+    hook_free_allowed,
+    kept_layers,
+    plain_model,
+    require_exact,
+)
 
 __all__ = ["BlockDecoder", "HookFreeDecoder", "active_hooks", "decoder_for", "hook_free_allowed", "plain_model"]
 
@@ -56,29 +62,57 @@ class HookFreeDecoder(LoopDecoder):
     def _check(self, model: Any) -> None:
         hooks = active_hooks(model)
         if hooks:
-            raise ValueError(f"HookFreeDecoder runs the plain model, but hooks are active on {hooks[0]} "
-                             f"(and {len(hooks) - 1} more): pass the interventions to the decoder, not to ablate")
+            raise ValueError(
+                f"HookFreeDecoder runs the plain model, but hooks are active on {hooks[0]} "
+                f"(and {len(hooks) - 1} more): pass the interventions to the decoder, not to ablate"
+            )
 
     def _enter(self, model: Any) -> Any:
         self._check(model)
         return edited_model(model, *self.interventions, attn_implementation=self.attn_implementation)
 
     def step(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
-        out = self._plain(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                          logits_to_keep=1, **{self._cache_kw: cache})
+        out = self._plain(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
         return out.logits[:, -1, :]
 
     def step_all(self, model: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
-        out = self._plain(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                          logits_to_keep=ids.shape[1], **{self._cache_kw: cache})
+        out = self._plain(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=ids.shape[1],
+            **{self._cache_kw: cache},
+        )
         return out.logits
 
     @torch.inference_mode()
-    def __call__(self, model: Any, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
-                 policy: StopPolicy, past_key_values: Any = None) -> Decoded:
+    def __call__(
+        self,
+        model: Any,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        max_new_tokens: int,
+        policy: StopPolicy,
+        past_key_values: Any = None,
+    ) -> Decoded:
         with self._session(model):
-            return super().__call__(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                                    policy=policy, past_key_values=past_key_values)
+            return super().__call__(
+                model,
+                input_ids,
+                attention_mask,
+                max_new_tokens=max_new_tokens,
+                policy=policy,
+                past_key_values=past_key_values,
+            )
 
     @torch.inference_mode()
     def resume(self, model: Any, rows: Any, **kw: Any) -> Decoded:
@@ -102,8 +136,13 @@ class HookFreeDecoder(LoopDecoder):
         ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
         positions = torch.arange(len(prefix_ids), device=device)[None]
         with self._enter(model) as plain:
-            plain(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, logits_to_keep=1,
-                  **adapter.cache_kwargs(plain, cache))
+            plain(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                position_ids=positions,
+                logits_to_keep=1,
+                **adapter.cache_kwargs(plain, cache),
+            )
         return cache
 
 
@@ -166,8 +205,9 @@ class BlockDecoder(HookFreeDecoder):
         k = len(self.conditions)
         ids = torch.tensor([prefix_ids], dtype=torch.long, device=device).repeat(k, 1)
         cache = DynamicCache()
-        self._shared_forward(ids, torch.ones_like(ids), torch.arange(len(prefix_ids), device=device)[None].repeat(k, 1),
-                             cache)
+        self._shared_forward(
+            ids, torch.ones_like(ids), torch.arange(len(prefix_ids), device=device)[None].repeat(k, 1), cache
+        )
         return cache
 
     def _shared_forward(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
@@ -206,6 +246,7 @@ class BlockDecoder(HookFreeDecoder):
         def record(layer: int) -> Any:
             def hook(module: Any, args: tuple[Any, ...]) -> None:
                 entering[layer] = args[0]
+
             return hook
 
         base = sub_cache([firsts.index(top)], 0, stop)
@@ -221,14 +262,15 @@ class BlockDecoder(HookFreeDecoder):
         for start in starts:
             members = [j for j, f in enumerate(firsts) if f == start]
             for at in range(0, len(members), per_pass):
-                group = members[at:at + per_pass]
+                group = members[at : at + per_pass]
                 m = len(group)
                 tail = sub_cache(group, start, n_layers)
                 with edits.applied(group, start=start, start_hidden=entering[start]) as p:
-                    logits = self._logits(p, ids[:b].repeat(m, 1), mask[:b].repeat(m, 1),
-                                          positions[:b].repeat(m, 1), tail)
+                    logits = self._logits(
+                        p, ids[:b].repeat(m, 1), mask[:b].repeat(m, 1), positions[:b].repeat(m, 1), tail
+                    )
                 for r, j in enumerate(group):
-                    tails[j] = (tail, r * b, logits[r * b:(r + 1) * b])
+                    tails[j] = (tail, r * b, logits[r * b : (r + 1) * b])
         out = DynamicCache()
         for layer in range(n_layers):
             keys, values = [], []
@@ -238,20 +280,27 @@ class BlockDecoder(HookFreeDecoder):
                     values.append(base.layers[layer].values)
                 else:
                     tail, offset, _ = tails[j]
-                    keys.append(tail.layers[layer - f].keys[offset:offset + b])
-                    values.append(tail.layers[layer - f].values[offset:offset + b])
+                    keys.append(tail.layers[layer - f].keys[offset : offset + b])
+                    values.append(tail.layers[layer - f].values[offset : offset + b])
             out.update(torch.cat(keys), torch.cat(values), layer)
         cache.layers = out.layers
         return torch.cat([base_logits if f == n_layers else tails[j][2] for j, f in enumerate(firsts)])
 
     def _logits(self, plain: Any, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> Tensor:
-        out = plain(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                    **{self._cache_kw: cache})
+        out = plain(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kw: cache},
+        )
         return out.logits[:, -1, :]
 
 
-def decoder_for(interventions: Iterable[Any], *, hook_free: bool = True,
-                attn_implementation: str | None = None) -> HookFreeDecoder | None:
+def decoder_for(
+    interventions: Iterable[Any], *, hook_free: bool = True, attn_implementation: str | None = None
+) -> HookFreeDecoder | None:
     """The hook-free decoder of a condition when every intervention allows it (and ``hook_free``), else None
     (the caller then applies the condition with ``ablate`` and decodes through the hooks)."""
     flat = list(interventions)

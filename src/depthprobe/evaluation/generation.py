@@ -26,8 +26,16 @@ from depthprobe.evaluation.decode import Decoder, HookedDecoder, prefix_cache
 from depthprobe.evaluation.stops import StopPolicy
 from depthprobe.evaluation.tokenize import encode_context, left_pad
 
-__all__ = ["Generation", "GenerationPlan", "PreparedRequests", "generate_until", "greedy_generate",
-           "max_context_length", "plan_generation", "prepare_requests"]
+__all__ = [
+    "Generation",
+    "GenerationPlan",
+    "PreparedRequests",
+    "generate_until",
+    "greedy_generate",
+    "max_context_length",
+    "plan_generation",
+    "prepare_requests",
+]
 
 # Shape aliases: typeguard's import hook (pytest addopts) parses string literals inside
 # subscripted annotations as Python, and "batch pos" is not, so the shapes are named here.
@@ -86,8 +94,9 @@ def greedy_generate(
     ``decoder`` runs the decoding (default :class:`~depthprobe.evaluation.decode.HookedDecoder`).
     """
     policy = StopPolicy(frozenset(adapter.as_id_set(eos_token_id)), tuple(stop or ()), None, model.tokenizer)
-    decoded = (decoder or HookedDecoder())(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, policy=policy,
-                              past_key_values=past_key_values)
+    decoded = (decoder or HookedDecoder())(
+        model, input_ids, attention_mask, max_new_tokens=max_new_tokens, policy=policy, past_key_values=past_key_values
+    )
     if pad_token_id is None:
         pad_token_id = adapter.pad_token_id(model.tokenizer) if model.tokenizer is not None else 0
     width = max(len(t) for t in decoded.tokens)
@@ -108,7 +117,12 @@ class PreparedRequests:
 
 
 def prepare_requests(
-    tokenizer: object, prompts: list[str], *, max_ctx: int, batch_size: int, prefix: str | None = None,
+    tokenizer: object,
+    prompts: list[str],
+    *,
+    max_ctx: int,
+    batch_size: int,
+    prefix: str | None = None,
     add_special_tokens: bool | None = None,
 ) -> PreparedRequests:
     """lm-eval's request preparation: tokenize ``prefix + prompt``, left-truncate to ``max_ctx``, sort
@@ -164,8 +178,16 @@ def generate_until(
     apply only after it and the text is what follows it, as lm-eval's ``think_end_token``.
     ``decoder`` runs the decoding (default :class:`~depthprobe.evaluation.decode.HookedDecoder`).
     """
-    plan = plan_generation(model, prompts, until=until, max_gen_toks=max_gen_toks, batch_size=batch_size,
-                           prefix=prefix, add_special_tokens=add_special_tokens, think_end_token=think_end_token)
+    plan = plan_generation(
+        model,
+        prompts,
+        until=until,
+        max_gen_toks=max_gen_toks,
+        batch_size=batch_size,
+        prefix=prefix,
+        add_special_tokens=add_special_tokens,
+        think_end_token=think_end_token,
+    )
     return plan.run(model, decoder or HookedDecoder())[0] if plan else []
 
 
@@ -196,20 +218,31 @@ class GenerationPlan:
         for batch, use_prefix in req.jobs:
             rows = [req.reuse[i] for i in batch] if use_prefix else [req.tokens[i] for i in batch]
             ids, mask = left_pad(rows, self.pad)
-            decoded = decode(model, ids.repeat(k, 1).to(self.device), mask.repeat(k, 1).to(self.device),
-                             max_new_tokens=self.max_gen_toks, policy=self.policy,
-                             past_key_values=cache if use_prefix else None)
+            decoded = decode(
+                model,
+                ids.repeat(k, 1).to(self.device),
+                mask.repeat(k, 1).to(self.device),
+                max_new_tokens=self.max_gen_toks,
+                policy=self.policy,
+                past_key_values=cache if use_prefix else None,
+            )
             for j in range(k):
                 for row, i in enumerate(batch):
-                    results[j][i] = self.generation(i, decoded.tokens[j * len(batch) + row],
-                                                    decoded.hit_stop[j * len(batch) + row], use_prefix)
+                    results[j][i] = self.generation(
+                        i, decoded.tokens[j * len(batch) + row], decoded.hit_stop[j * len(batch) + row], use_prefix
+                    )
         return results  # type: ignore[return-value]
 
     def generation(self, request: int, tokens: Sequence[int], hit_stop: bool, prefix_reused: bool) -> Generation:
         """The :class:`Generation` of request ``request`` whose generated ids are ``tokens``."""
-        return Generation(text=self.policy.text(tokens), n_tokens=len(tokens), hit_stop=hit_stop,
-                          prompt_truncated=self.requests.truncated[request], prefix_reused=prefix_reused,
-                          tokens=tuple(tokens))
+        return Generation(
+            text=self.policy.text(tokens),
+            n_tokens=len(tokens),
+            hit_stop=hit_stop,
+            prompt_truncated=self.requests.truncated[request],
+            prefix_reused=prefix_reused,
+            tokens=tuple(tokens),
+        )
 
 
 def plan_generation(
@@ -240,11 +273,15 @@ def plan_generation(
     if max_ctx <= 0 and prompts:
         raise ValueError(f"max_gen_toks={max_gen_toks} must be less than the model's context length {context}")
     stops = list(until)
-    eos_text = tokenizer.decode(tokenizer.eos_token_id, skip_special_tokens=False) \
-        if tokenizer.eos_token_id is not None else None
+    eos_text = (
+        tokenizer.decode(tokenizer.eos_token_id, skip_special_tokens=False)
+        if tokenizer.eos_token_id is not None
+        else None
+    )
     if eos_text is not None and eos_text not in stops:
         stops.append(eos_text)
     policy = StopPolicy(frozenset(adapter.eos_token_ids(model)), tuple(stops), think_end_token, tokenizer)
-    req = prepare_requests(tokenizer, prompts, max_ctx=max_ctx, batch_size=batch_size, prefix=prefix,
-                           add_special_tokens=add_special_tokens)
+    req = prepare_requests(
+        tokenizer, prompts, max_ctx=max_ctx, batch_size=batch_size, prefix=prefix, add_special_tokens=add_special_tokens
+    )
     return GenerationPlan(req, policy, max_gen_toks, adapter.pad_token_id(tokenizer), model.cfg.device)

@@ -90,8 +90,13 @@ class Executor(Protocol):
     the in-process executor receives it resolved once (:class:`~depthprobe.identity.ResolvedModel`).
     """
 
-    def run(self, model: torch.nn.Module | ResolvedModel, spec: SweepSpec, units: Sequence[WorkUnit],
-            on_result: Callable[[ConditionResult], None]) -> None: ...
+    def run(
+        self,
+        model: torch.nn.Module | ResolvedModel,
+        spec: SweepSpec,
+        units: Sequence[WorkUnit],
+        on_result: Callable[[ConditionResult], None],
+    ) -> None: ...
 
 
 class UnitRunner:
@@ -121,13 +126,20 @@ class UnitRunner:
     def _engine(self, unit: WorkUnit) -> list[ConditionResult]:
         s, t = self.spec, self.task
         shots = t.default_num_fewshot if s.num_fewshot is None else s.num_fewshot
-        config = {"task": t.name, "limit": s.limit, "num_fewshot": shots, "batch_size": s.batch_size, "engine": True,
-                  **dict(s.task_options)}
+        config = {
+            "task": t.name,
+            "limit": s.limit,
+            "num_fewshot": shots,
+            "batch_size": s.batch_size,
+            "engine": True,
+            **dict(s.task_options),
+        }
         instances = self.instances
         requests = [(i.prompt, i.continuations) for i in instances]
         start = time.perf_counter()
-        scores = score_conditions_reuse(self.resolved, requests, list(unit.conditions), batch_size=s.batch_size,
-                                        max_rows=s.max_rows)
+        scores = score_conditions_reuse(
+            self.resolved, requests, list(unit.conditions), batch_size=s.batch_size, max_rows=s.max_rows
+        )
         wall = time.perf_counter() - start
         out = []
         for k, cond in enumerate(unit.conditions):
@@ -144,16 +156,27 @@ class UnitRunner:
         instances = self.instances
         prompts = [i.prompt for i in instances]
         prefix = shared_prefix(prompts, t.fewshot_delimiter)
-        rest = [p[len(prefix):] for p in prompts]
-        kw = dict(until=list(gen.until), max_gen_toks=gen.max_gen_toks if s.max_gen_toks is None else s.max_gen_toks,
-                  batch_size=s.batch_size, prefix=prefix or None, max_rows=s.max_rows, hook_free=s.hook_free,
-                  attn_implementation=s.attn_implementation)
+        rest = [p[len(prefix) :] for p in prompts]
+        kw = dict(
+            until=list(gen.until),
+            max_gen_toks=gen.max_gen_toks if s.max_gen_toks is None else s.max_gen_toks,
+            batch_size=s.batch_size,
+            prefix=prefix or None,
+            max_rows=s.max_rows,
+            hook_free=s.hook_free,
+            attn_implementation=s.attn_implementation,
+        )
         start = time.perf_counter()
         if self._baseline is None:  # decoded alone, first: every condition is verified against (and compared with) it
             self._baseline = generate_conditions(self.model, rest, [[]], **kw)[BASELINE]
         others = [c for c in unit.conditions if len(c)]
-        outputs = generate_conditions(self.model, rest, others, draft=s.draft,
-                                      baseline=[g.tokens for g in self._baseline], **kw) if others else {}
+        outputs = (
+            generate_conditions(
+                self.model, rest, others, draft=s.draft, baseline=[g.tokens for g in self._baseline], **kw
+            )
+            if others
+            else {}
+        )
         outputs[BASELINE] = self._baseline
         wall = time.perf_counter() - start
         out = []
@@ -162,14 +185,25 @@ class UnitRunner:
             result = generation_result(t, instances, gens, {}, prefix)
             metrics, samples = with_divergence(result.metrics, result.samples, gens, self._baseline)
             decoder = "hook_free" if s.hook_free and hook_free_allowed(cond) else "hooks"
-            out.append(ConditionResult(list(cond), metrics, samples, wall if k == 0 else 0.0,
-                                       {"decoder": decoder, "batched_with": len(unit.conditions)}))
+            out.append(
+                ConditionResult(
+                    list(cond),
+                    metrics,
+                    samples,
+                    wall if k == 0 else 0.0,
+                    {"decoder": decoder, "batched_with": len(unit.conditions)},
+                )
+            )
         return out
 
     def _evaluate(self, condition: list[Intervention]) -> ConditionResult:
         s = self.spec
-        kwargs: dict[str, Any] = {"limit": s.limit, "num_fewshot": s.num_fewshot, "batch_size": s.batch_size,
-                                  "data_dir": s.data_dir}
+        kwargs: dict[str, Any] = {
+            "limit": s.limit,
+            "num_fewshot": s.num_fewshot,
+            "batch_size": s.batch_size,
+            "data_dir": s.data_dir,
+        }
         if s.max_gen_toks is not None:
             kwargs["max_gen_toks"] = s.max_gen_toks
         kwargs.update(dict(s.chat_options))
@@ -177,7 +211,6 @@ class UnitRunner:
         start = time.perf_counter()
         decoder = None
         if self.task.output_type == "generate_until":
-
             decoder = decoder_for(condition, hook_free=s.hook_free, attn_implementation=s.attn_implementation)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=TruncationWarning)  # the runner says it once, not per condition
@@ -186,16 +219,27 @@ class UnitRunner:
             else:
                 with ablate(self.model, *condition):
                     result = evaluate(self.model, self.task, **kwargs)
-        return ConditionResult(condition, result.metrics, result.samples, time.perf_counter() - start,
-                               {"decoder": "hook_free" if decoder is not None else "hooks"}
-                               if self.task.output_type == "generate_until" else {})
+        return ConditionResult(
+            condition,
+            result.metrics,
+            result.samples,
+            time.perf_counter() - start,
+            {"decoder": "hook_free" if decoder is not None else "hooks"}
+            if self.task.output_type == "generate_until"
+            else {},
+        )
 
 
 class InProcessExecutor:
     """Runs every unit in this process on the given model, in order (the default)."""
 
-    def run(self, model: torch.nn.Module | ResolvedModel, spec: SweepSpec, units: Sequence[WorkUnit],
-            on_result: Callable[[ConditionResult], None]) -> None:
+    def run(
+        self,
+        model: torch.nn.Module | ResolvedModel,
+        spec: SweepSpec,
+        units: Sequence[WorkUnit],
+        on_result: Callable[[ConditionResult], None],
+    ) -> None:
         runner = UnitRunner(model, spec)
         for unit in units:
             for result in runner.run(unit):

@@ -20,14 +20,6 @@ import torch
 from tqdm.auto import tqdm
 
 from depthprobe.data import record_reads
-from depthprobe.evaluator import require_loaded_model, warn_truncated
-from depthprobe.identity import ResolvedModel, resolved
-from depthprobe.interventions import Intervention, MeanReference, validate
-from depthprobe.model_spec import ModelSpec
-from depthprobe.results import RunDir, build_manifest, load_results
-from depthprobe.tasks import get_task
-from depthprobe.sweep.prescreen import prescreen_report, screen_conditions
-from depthprobe.sweep.executor import ConditionResult, Executor, InProcessExecutor, SweepSpec, WorkUnit
 from depthprobe.engine.grids import (
     BASELINE,
     Condition,
@@ -38,6 +30,14 @@ from depthprobe.engine.grids import (
     parse_grid,
     unique_ids,
 )
+from depthprobe.evaluator import require_loaded_model, warn_truncated
+from depthprobe.identity import ResolvedModel, resolved
+from depthprobe.interventions import Intervention, MeanReference, validate
+from depthprobe.model_spec import ModelSpec
+from depthprobe.results import RunDir, build_manifest, load_results
+from depthprobe.sweep.executor import ConditionResult, Executor, InProcessExecutor, SweepSpec, WorkUnit
+from depthprobe.sweep.prescreen import prescreen_report, screen_conditions
+from depthprobe.tasks import get_task
 
 __all__ = ["plan_units", "run_sweep", "sweep_conditions"]
 
@@ -82,16 +82,29 @@ class _Throughput:
         return text
 
 
-def _store(run_dir: RunDir, condition: Condition, metrics: Mapping[str, float], samples: pd.DataFrame | None,
-           wall_s: float, extras: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+def _store(
+    run_dir: RunDir,
+    condition: Condition,
+    metrics: Mapping[str, float],
+    samples: pd.DataFrame | None,
+    wall_s: float,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
     cid = condition_id(condition)
-    run_dir.write(cid, metrics, samples, **condition_info(condition), wall_s=wall_s,
-                  n_samples=None if samples is None else len(samples), n_truncated=_n_truncated(samples),
-                  **(extras or {}).get(cid, {}))
+    run_dir.write(
+        cid,
+        metrics,
+        samples,
+        **condition_info(condition),
+        wall_s=wall_s,
+        n_samples=None if samples is None else len(samples),
+        n_truncated=_n_truncated(samples),
+        **(extras or {}).get(cid, {}),
+    )
     return cid
 
 
-def _n_truncated(samples: "pd.DataFrame | None") -> int | None:
+def _n_truncated(samples: pd.DataFrame | None) -> int | None:
     """How many of a condition's prompts were cut from the left (None when the samples do not say)."""
     if samples is None or "truncated" not in samples.columns:
         return None
@@ -105,8 +118,7 @@ def _documents_digest(instances: Sequence[Any]) -> str:
 
     digest = hashlib.sha256()
     for inst in instances:
-        digest.update(json.dumps([inst.prompt, inst.choices, inst.target, inst.target_delimiter],
-                                 default=str).encode())
+        digest.update(json.dumps([inst.prompt, inst.choices, inst.target, inst.target_delimiter], default=str).encode())
     return digest.hexdigest()
 
 
@@ -145,8 +157,10 @@ def sweep_conditions(
 def _attn_implementation(model: ResolvedModel, protocol: str, hook_free: bool, requested: str | None) -> str | None:
     """The attention implementation the run computes with (eager and SDPA round differently)."""
     if requested is not None and not (hook_free and protocol == "generate_until"):
-        raise ValueError("attn_implementation applies to the hook-free decoder of generation sweeps; "
-                         "pass it with hook_free=True on a generation task, or leave it None")
+        raise ValueError(
+            "attn_implementation applies to the hook-free decoder of generation sweeps; "
+            "pass it with hook_free=True on a generation task, or leave it None"
+        )
     own = model.identity.get("attn_implementation")
     return own if requested is None else f"{own} (hooks), {requested} (hook-free decoding)"
 
@@ -223,8 +237,10 @@ def run_sweep(
     if not isinstance(model, ModelSpec):
         require_loaded_model(model, "run_sweep")
     elif prescreen is not None:
-        raise ValueError("prescreen= needs a loaded model (attribution runs in this process); "
-                         "pass dp.load_model(...) instead of a ModelSpec, or drop prescreen=")
+        raise ValueError(
+            "prescreen= needs a loaded model (attribution runs in this process); "
+            "pass dp.load_model(...) instead of a ModelSpec, or drop prescreen="
+        )
     data_dir = evaluate_options.pop("data_dir", None)
     max_gen_toks = evaluate_options.pop("max_gen_toks", None)
     chat_options = {k: evaluate_options.pop(k) for k in ("chat", "enable_thinking") if k in evaluate_options}
@@ -235,8 +251,11 @@ def run_sweep(
     resolved_model = resolved(model)  # dimensions, identity and adapter, read once for the whole sweep
     dims = resolved_model.dims
     if isinstance(conditions_or_grid, str):
-        reference = MeanReference.for_task(t.name, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir,
-                                           **task_options) if t.scorer == "depthprobe" else None
+        reference = (
+            MeanReference.for_task(t.name, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir, **task_options)
+            if t.scorer == "depthprobe"
+            else None
+        )
         conditions = parse_grid(dims, conditions_or_grid, reference=reference)
     else:
         conditions = conditions_or_grid
@@ -247,15 +266,21 @@ def run_sweep(
         raise ValueError(f"max_rows must be a positive integer or None, got {max_rows!r}")
     if draft not in ("baseline", None):
         raise ValueError(f"draft must be 'baseline' or None, got {draft!r}")
-    if max_gen_toks is not None and (isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int)
-                                     or max_gen_toks < 1):
+    if max_gen_toks is not None and (
+        isinstance(max_gen_toks, bool) or not isinstance(max_gen_toks, int) or max_gen_toks < 1
+    ):
         raise ValueError(f"max_gen_toks must be a positive integer, got {max_gen_toks!r}")
     with record_reads() as files_read:
         instances = t.instances(limit=limit, num_fewshot=num_fewshot, data_dir=data_dir)
     shots = t.default_num_fewshot if num_fewshot is None else num_fewshot
     protocol = "loglikelihood" if t.output_type == "multiple_choice" else "generate_until"
     manifest = build_manifest(
-        resolved_model, task=t.name, protocol=protocol, num_fewshot=shots, seed=task_options.get("seed"), limit=limit,
+        resolved_model,
+        task=t.name,
+        protocol=protocol,
+        num_fewshot=shots,
+        seed=task_options.get("seed"),
+        limit=limit,
         task_options={**task_options, **chat_options},
         max_gen_toks=max_gen_toks if protocol == "generate_until" else None,
         data={"files": dict(sorted(files_read.items())), "documents": _documents_digest(instances)},
@@ -264,15 +289,35 @@ def run_sweep(
         draft=draft if protocol == "generate_until" else None,  # recorded, not identity: results are the same
     )
     run_dir = RunDir(out_dir, manifest)
-    spec = SweepSpec(task if isinstance(task, str) else t, tuple(sorted(task_options.items())), limit, num_fewshot,
-                     batch_size, None if data_dir is None else str(data_dir), max_gen_toks,
-                     tuple(chat_options.items()), hook_free, attn_implementation, max_rows, draft)
+    spec = SweepSpec(
+        task if isinstance(task, str) else t,
+        tuple(sorted(task_options.items())),
+        limit,
+        num_fewshot,
+        batch_size,
+        None if data_dir is None else str(data_dir),
+        max_gen_toks,
+        tuple(chat_options.items()),
+        hook_free,
+        attn_implementation,
+        max_rows,
+        draft,
+    )
     extras: dict[str, dict[str, Any]] | None = None
     ran: list[str] = []
     with run_dir.writing():
         if prescreen is not None:  # under the lock: prescreen.json belongs to this run directory's one writer
-            conditions, extras = screen_conditions(resolved_model, t, conditions, prescreen, run_dir=run_dir, limit=limit,
-                                                   num_fewshot=num_fewshot, data_dir=data_dir, batch_size=batch_size)
+            conditions, extras = screen_conditions(
+                resolved_model,
+                t,
+                conditions,
+                prescreen,
+                run_dir=run_dir,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                data_dir=data_dir,
+                batch_size=batch_size,
+            )
             conditions = _with_baseline(conditions)
         todo = [c for c in conditions if not _done(run_dir, c)]
         generation = t.output_type == "generate_until"
@@ -305,10 +350,15 @@ def run_sweep(
     if "n_truncated" in df.columns and df["n_truncated"].notna().any():
         warn_truncated(t.name, int(df["n_truncated"].max()), len(instances), model, stacklevel=2)
     if prescreen is not None:
-        report = prescreen_report(df, prescreen, t.metric_names if protocol == "loglikelihood" else
-                                  [f"exact_match,{f.name}" for f in t.generation.filters])
+        report = prescreen_report(
+            df,
+            prescreen,
+            t.metric_names if protocol == "loglikelihood" else [f"exact_match,{f.name}" for f in t.generation.filters],
+        )
         df.attrs["prescreen"] = report
         if progress:
-            tqdm.write(f"prescreen: measured {report['n_top']} top + {report['n_random']} random conditions; "
-                       f"top-{report['top_k']} recall {report['recall']:.2f} among them")
+            tqdm.write(
+                f"prescreen: measured {report['n_top']} top + {report['n_random']} random conditions; "
+                f"top-{report['top_k']} recall {report['recall']:.2f} among them"
+            )
     return df
