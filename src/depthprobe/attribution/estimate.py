@@ -162,7 +162,8 @@ def attribute(
     n_steps = check_method(method, steps)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    model, dims = resolved(model).model, resolved(model).dims
+    resolved_model = resolved(model)
+    model, dims = resolved_model.model, resolved_model.dims
     conditions = parse_grid(dims, grid) if isinstance(grid, str) else [list(c) for c in grid]
     conditions = [c for c in conditions if len(c)]  # the baseline has nothing to estimate
     ids, ivs, paths = _split(conditions, dims)

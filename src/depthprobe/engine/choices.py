@@ -90,7 +90,8 @@ def score_conditions_reuse(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = unique_ids(conditions)
-    model, dims = resolved(model).model, resolved(model).dims
+    resolved_model = resolved(model)
+    model, dims = resolved_model.model, resolved_model.dims
     for cond in conditions:
         validate(dims, list(cond))
     tokenizer = model.tokenizer

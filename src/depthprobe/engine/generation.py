@@ -29,7 +29,6 @@ from depthprobe.engine.verify import VerifyStats, verify_group
 from depthprobe.evaluation.decode import Decoded, HookedDecoder, prefix_cache
 from depthprobe.evaluation.fast_decode import BlockDecoder
 from depthprobe.evaluation.generation import Generation, plan_generation
-from depthprobe.evaluation.stops import StopPolicy
 from depthprobe.interventions import ablate, bind_all, order_hooks, validate
 from depthprobe.interventions.weights import hook_free_allowed
 from depthprobe.models import model_dims
@@ -60,26 +59,9 @@ class HookedBlockDecoder(HookedDecoder):
         self.row_blocks = len(self.conditions)
         self._per_step: list[tuple[str, Callable[..., Any]]] | None = None
 
-    def __call__(
-        self,
-        model: Any,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        *,
-        max_new_tokens: int,
-        policy: StopPolicy,
-        past_key_values: Any = None,
-    ) -> Decoded:
-        b = input_ids.shape[0] // self.row_blocks  # the loop refuses a batch that is not equal blocks
-        with model.hooks(fwd_hooks=self._hooks(b)):
-            return super().__call__(
-                model,
-                input_ids,
-                attention_mask,
-                max_new_tokens=max_new_tokens,
-                policy=policy,
-                past_key_values=past_key_values,
-            )
+    def session(self, model: Any, batch: int) -> contextlib.AbstractContextManager[None]:
+        # each condition's hooks on its row block; the loop refuses a batch that is not equal blocks
+        return model.hooks(fwd_hooks=self._hooks(batch // self.row_blocks))
 
     @torch.inference_mode()
     def resume(self, model: Any, rows: Any, **kw: Any) -> Decoded:

@@ -95,7 +95,8 @@ def iter_condition_logits(
     The baseline's logits are yielded first (as ``"baseline"``) when it is among the conditions.
     Conditions come out grouped by tail, not in input order.
     """
-    model, dims = resolved(model).model, resolved(model).dims
+    resolved_model = resolved(model)
+    model, dims = resolved_model.model, resolved_model.dims
     for cond in conditions:
         validate(dims, list(cond))
     if max_rows is not None and max_rows < input_ids.shape[0]:

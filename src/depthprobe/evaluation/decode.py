@@ -10,6 +10,7 @@ mask-derived position ids, ``DynamicCache``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -132,6 +133,11 @@ class LoopDecoder:
         """The first forward (the prompts); a decoder may compute it differently from the one-token steps."""
         return self.step(model, ids, mask, positions, cache)
 
+    def session(self, model: Any, batch: int) -> contextlib.AbstractContextManager[None]:
+        """What one whole ``__call__`` of ``batch`` rows runs inside: hooks or weight edits a subclass
+        installs for its duration (none here)."""
+        return contextlib.nullcontext()
+
     def __call__(
         self,
         model: Any,
@@ -141,6 +147,18 @@ class LoopDecoder:
         max_new_tokens: int,
         policy: StopPolicy,
         past_key_values: Any = None,
+    ) -> Decoded:
+        with self.session(model, input_ids.shape[0]):
+            return self._start(model, input_ids, attention_mask, max_new_tokens, policy, past_key_values)
+
+    def _start(
+        self,
+        model: Any,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int,
+        policy: StopPolicy,
+        past_key_values: Any,
     ) -> Decoded:
         batch, n_new = input_ids.shape
         if batch % self.row_blocks:

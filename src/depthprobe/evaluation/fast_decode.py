@@ -26,7 +26,6 @@ from transformers import DynamicCache
 
 from depthprobe import adapter
 from depthprobe.evaluation.decode import Decoded, LoopDecoder
-from depthprobe.evaluation.stops import StopPolicy
 from depthprobe.interventions.weights import (
     RowEdits,
     edited_model,
@@ -93,26 +92,10 @@ class HookFreeDecoder(LoopDecoder):
         )
         return out.logits
 
-    @torch.inference_mode()
-    def __call__(
-        self,
-        model: Any,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        *,
-        max_new_tokens: int,
-        policy: StopPolicy,
-        past_key_values: Any = None,
-    ) -> Decoded:
-        with self._session(model):
-            return super().__call__(
-                model,
-                input_ids,
-                attention_mask,
-                max_new_tokens=max_new_tokens,
-                policy=policy,
-                past_key_values=past_key_values,
-            )
+    @contextlib.contextmanager
+    def session(self, model: Any, batch: int) -> Iterator[None]:
+        with torch.inference_mode(), self._session(model):
+            yield
 
     @torch.inference_mode()
     def resume(self, model: Any, rows: Any, **kw: Any) -> Decoded:
