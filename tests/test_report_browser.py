@@ -99,8 +99,10 @@ def test_every_page_renders_offline(browser, organisms_report: dict, tmp_path: P
     assert anchors  # the sweep pages link to their study views, the study page's contents to its sections
     for page_url, ids in anchors.items():
         browser.get(page_url)
-        missing = [i for i in ids if not browser.find_elements("id", i)]
-        assert not missing, (page_url, missing)
+        wait_for_figures(browser, page_url)  # the whole document is parsed and drawn before its ids are looked up
+        missing = browser.execute_script("return arguments[0].filter(i => !document.getElementById(i))", sorted(ids))
+        in_file = [i for i in missing if f'id="{i}"' in local_path(page_url).read_text(encoding="utf-8")]
+        assert not missing, (page_url, missing, "of these, in the file but not the DOM:", in_file)
     assert checked_figures == 24 + 10 + 14  # one per sweep page, 10 divergence figures, the study's 14
 
 
