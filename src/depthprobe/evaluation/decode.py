@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from depthprobe import adapter
 from depthprobe.evaluation.running import Refill, Rows, RunningBatch
-from depthprobe.evaluation.stops import StopPolicy
+from depthprobe.evaluation.stops import StopPolicy, StopWatch
 
 __all__ = ["Decoded", "Decoder", "HookedDecoder", "LoopDecoder", "Rows", "prefix_cache"]
 
@@ -245,6 +245,7 @@ class LoopDecoder:
         pad = adapter.pad_token_id(tokenizer) if tokenizer is not None else 0
         draft = refill.draft if refill is not None else None
         self.block_rows = state.blocks(self.row_blocks) if refill is not None else None
+        watch = StopWatch(policy)
         done = [False] * len(out)  # ended by EOS or a stop string
         over = [False] * len(out)  # ended: done, or out of budget
         live = list(range(len(out)))  # the original row of each row of the running batch
@@ -272,8 +273,12 @@ class LoopDecoder:
                     consumed[at], accepted = n + 1, accepted + n
                     for tok in chosen[at][: n + 1]:
                         out[row].append(tok)
-                        done[row] = policy.is_done(out[row])
-                        over[row] = done[row] or len(out[row]) >= max_new_tokens
+                        budget = len(out[row]) >= max_new_tokens
+                        keep = watch.done_at(row, out[row], final=budget)
+                        if keep is not None:
+                            del out[row][keep:]
+                            done[row] = True
+                        over[row] = done[row] or budget
                         if over[row]:
                             break
                 ended = sum(over[row] for row in live)
