@@ -346,3 +346,31 @@ def test_summary_and_figure_show_divergence(tmp_path: Path) -> None:
     fig = plots.divergence(df, group_size=4)
     ys = [y for trace in fig.data if trace.xaxis == "x" for y in trace.y]  # panel (a)
     assert sorted(ys) == sorted(df[df.condition != "baseline"]["identical_to_baseline"])
+
+
+def test_per_condition_sweeps_report_the_same_divergence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """engine=False (one evaluate per condition, as chat sweeps run) measures divergence as the engine does, also
+    when a resumed runner must evaluate the baseline again; `sweep --draft none` records draft=None."""
+    from depthprobe.__main__ import main
+
+    model = bridge(CHECKPOINTS_DIR / "organism-base")
+    kw = dict(limit=6, batch_size=3, progress=False, max_gen_toks=32, num_fewshot=1)
+    engine = dp.run_sweep(model, "organism_reasoning", "heads:3", out_dir=tmp_path / "engine", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        dp.run_sweep(
+            model, "organism_reasoning", "heads:3", out_dir=tmp_path / "each", engine=False, executor=_Killed(2), **kw
+        )
+    each = dp.run_sweep(model, "organism_reasoning", "heads:3", out_dir=tmp_path / "each", engine=False, **kw)
+    assert len(each.attrs["computed"]) == len(engine) - 2  # the baseline was stored: this runner evaluated it again
+    columns = ["condition", "identical_to_baseline", "diverge_at", "delta_diverge_at_ci_high"]
+    pd.testing.assert_frame_equal(engine[columns], each[columns])
+    assert 0 < engine["identical_to_baseline"].iloc[1:].mean() < 1, "the heads must change some generations"
+
+    out = tmp_path / "cli"
+    args = ["sweep", "--task", "organism_reasoning", "--grid", "heads:3", "--limit", "3", "--out", str(out)]
+    assert main([*args, "--no-progress", "--draft", "none"]) == 0
+    assert "diverge_at" in capsys.readouterr().out
+    import json
+
+    manifest = json.loads(next(out.rglob("manifest.json")).read_text())
+    assert "draft" in manifest and manifest["draft"] is None

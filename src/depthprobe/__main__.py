@@ -128,6 +128,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         options["max_rows"] = args.max_rows
     if args.attn_implementation is not None:
         options["attn_implementation"] = args.attn_implementation
+    if args.draft == "none":
+        options["draft"] = None
     try:
         df = cli.sweep(model, args.task, args.grid, args, *parts, executor=executor, **options)
     finally:
@@ -241,6 +243,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="generation: attention of the hook-free decoders (default: the model's own, eager; "
         "sdpa is faster and rounds differently; recorded in the run's manifest)",
+    )
+    sweep.add_argument(
+        "--draft",
+        choices=["baseline", "none"],
+        default="baseline",
+        help="generation: verify the baseline's generation under each condition and decode only from where "
+        "it departs (default), or decode every token (none); the generations are the same",
     )
     add_executor_flags(sweep)
     sweep.set_defaults(func=cmd_sweep, figures=None)  # HTML figure under --figures, default: the run directory

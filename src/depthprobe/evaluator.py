@@ -287,4 +287,4 @@ def generation_result(task: Task, instances, outputs, config: dict[str, Any], pr
         "shared_prefix_chars": len(prefix),
         "n_prefix_reused": sum(bool(getattr(o, "prefix_reused", False)) for o in outputs),
     }
-    return EvalResult(task.name, metrics, samples, config, run_stats)
+    return EvalResult(task.name, metrics, samples, config, run_stats, generations=list(outputs))

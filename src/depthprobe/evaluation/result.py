@@ -13,7 +13,9 @@ class EvalResult:
     """Aggregated ``metrics`` (lm-eval names, each with ``<name>_stderr``) and one ``samples`` row per document.
 
     ``stats`` records the work done: documents, requests, forwards, token positions computed,
-    left-truncated requests, generations that hit ``max_gen_toks``, wall time.
+    left-truncated requests, generations that hit ``max_gen_toks``, wall time. ``generations``
+    holds a generation task's decoded values (with their token ids), in memory only: a sweep
+    compares them with the baseline's token by token.
     """
 
     task: str
@@ -21,6 +23,7 @@ class EvalResult:
     samples: pd.DataFrame
     config: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    generations: list[Any] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items() if "_stderr" not in k)

@@ -219,11 +219,19 @@ class UnitRunner:
             else:
                 with ablate(self.model, *condition):
                     result = evaluate(self.model, self.task, **kwargs)
+        wall = time.perf_counter() - start
+        metrics, samples = result.metrics, result.samples
+        if result.generations is not None:  # generation: how far it keeps the baseline's tokens, as the engine reports
+            if not condition:
+                self._baseline = result.generations
+            elif self._baseline is None:  # the baseline is stored already (a resumed run) or runs on another worker
+                self._evaluate([])
+            metrics, samples = with_divergence(metrics, samples, result.generations, self._baseline)
         return ConditionResult(
             condition,
-            result.metrics,
-            result.samples,
-            time.perf_counter() - start,
+            metrics,
+            samples,
+            wall,
             {"decoder": "hook_free" if decoder is not None else "hooks"}
             if self.task.output_type == "generate_until"
             else {},
