@@ -41,7 +41,7 @@ def organism_prompts(limit: int = 8, shots: int = 1) -> tuple[str, tuple[str, ..
 
 def reference(model, prompts: list[str], condition: list, **kw) -> list:
     """generate_until under ablate, its every greedy step's margin above the float32 bound."""
-    kw = {k: v for k, v in kw.items() if k not in ("max_rows", "lookup")}  # the engine's own options
+    kw = {k: v for k, v in kw.items() if k not in ("max_rows", "lookup", "min_share")}  # the engine's own options
     with dp.ablate(model, *condition):
         ref = generate_until(model, prompts, **kw)
     plan = plan_generation(model, prompts, **kw)
@@ -64,7 +64,9 @@ def reference(model, prompts: list[str], condition: list, **kw) -> list:
 def check(
     model, prompts: list[str], conditions: list[list], *, stats: VerifyStats | None = None, hook_free: bool = True, **kw
 ) -> dict[str, list]:
-    """generate_conditions (draft="baseline") equals the reference for every condition; returns both, per condition."""
+    """generate_conditions (draft="baseline") equals the reference for every condition; returns both, per condition.
+    Every decode batch is verified (min_share 0) unless the test says otherwise: verification is what these test."""
+    kw.setdefault("min_share", 0.0)
     got = generate_conditions(model, prompts, conditions, draft="baseline", stats=stats, hook_free=hook_free, **kw)
     out = {}
     for cond in conditions:
@@ -249,6 +251,21 @@ def test_mixed_row_blocks_and_pooled_continuations() -> None:
         assert stats.forwards["decode"] > 0 and stats.rows_decoded > 6
         if lookup:
             assert stats.drafted_accepted > 0
+
+
+def test_groups_that_keep_little_decode_their_other_batches_token_by_token() -> None:
+    """A group whose first decode batch keeps less than min_share of the baseline's tokens decodes its other
+    batches as draft=None does (hook-free and hooked groups): the same generations as the reference."""
+    model = bridge(CHECKPOINTS_DIR / "organism-base")
+    prefix, prompts = organism_prompts()
+    conds = [[dp.zero_head(3, 3)], [dp.skip_layer(1)], [dp.mean_head(3, 2, TEXTS)]]
+    kw = dict(until=list(get_task("organism_reasoning").generation.until), max_gen_toks=32, batch_size=2, prefix=prefix)
+    plain, verified = VerifyStats(), VerifyStats()
+    check(model, list(prompts), conds, stats=plain, min_share=1.01, **kw)  # no batch keeps more than all
+    check(model, list(prompts), conds, stats=verified, min_share=0.0, **kw)
+    batches = len(prompts) // 2
+    assert plain.jobs_plain == 2 * (batches - 1) and verified.jobs_plain == 0  # two groups: hook-free, hooked
+    assert plain.rows == 2 * len(conds) and verified.rows == len(conds) * len(prompts)
 
 
 def test_draft_is_checked() -> None:

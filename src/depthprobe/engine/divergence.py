@@ -78,6 +78,8 @@ class VerifyStats:
     drafted_accepted: int = 0
     #: positions run through a tail in verification (rows x positions)
     positions_verified: int = 0
+    #: decode batches decoded token by token because their group's first batch kept little of the baseline
+    jobs_plain: int = 0
     forwards: dict[str, int] = field(default_factory=lambda: {"baseline": 0, "verify": 0, "decode": 0})
 
 

@@ -25,7 +25,7 @@ from transformers import DynamicCache
 
 from depthprobe.engine.grids import Condition, unique_ids
 from depthprobe.engine.logits import _chunks, _row_hook
-from depthprobe.engine.verify import VerifyStats, verify_group
+from depthprobe.engine.verify import MIN_SHARE, VerifyStats, verify_group
 from depthprobe.evaluation.decode import Decoded, HookedDecoder, prefix_cache
 from depthprobe.evaluation.fast_decode import BlockDecoder
 from depthprobe.evaluation.generation import Generation, plan_generation
@@ -134,6 +134,7 @@ def generate_conditions(
     baseline: Sequence[Sequence[int]] | None = None,
     lookup: int | None = None,
     stats: VerifyStats | None = None,
+    min_share: float = MIN_SHARE,
 ) -> dict[str, list[Generation]]:
     """``{condition id: [Generation]}``: every prompt under every condition, conditions batched as row blocks.
 
@@ -147,7 +148,9 @@ def generate_conditions(
     ``baseline`` gives the baseline's generated ids per prompt (``Generation.tokens``), else it is
     decoded here first; ``lookup`` drafted tokens per step are checked after a divergence (0:
     none; None: :data:`LOOKUP_TOKENS`). ``draft=None`` decodes every token of every condition. Both give the same generations.
-    ``stats`` (a :class:`~depthprobe.engine.verify.VerifyStats`) collects where the work went.
+    A group of conditions whose first decode batch keeps less than ``min_share`` of the baseline's
+    tokens decodes its other batches token by token. ``stats`` (a
+    :class:`~depthprobe.engine.verify.VerifyStats`) collects where the work went.
     """
     ids = unique_ids(conditions)
     if max_rows is not None and max_rows < 1:
@@ -213,6 +216,7 @@ def generate_conditions(
                 lookup=lookup,
                 max_rows=max_rows,
                 stats=stats,
+                min_share=min_share,
             )
         results.update({ids[i]: g for i, g in zip(group, gens)})
     return {cid: results[cid] for cid in ids}

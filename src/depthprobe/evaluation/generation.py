@@ -210,12 +210,19 @@ class GenerationPlan:
         return bool(self.requests.tokens)
 
     def run(self, model: Any, decode: Decoder, *, copies: int = 1) -> list[list[Generation]]:
-        req, k = self.requests, copies
+        results: list[list[Generation | None]] = [[None] * len(self.requests.tokens) for _ in range(copies)]
+        self.decode_jobs(model, decode, self.requests.jobs, results)
+        return results  # type: ignore[return-value]
+
+    def decode_jobs(
+        self, model: Any, decode: Decoder, jobs: Sequence[tuple[list[int], bool]], results: list[list[Any]]
+    ) -> None:
+        """Decode ``jobs`` (some of the requests' batches) into ``results[block][request]``, one list per block."""
+        req, k = self.requests, len(results)
         # a decoder that runs another forward (the hook-free path) builds the prefix cache its own way
         build_prefix = getattr(decode, "prefix_cache", prefix_cache)
         cache = build_prefix(model, req.prefix_ids, self.device) if req.prefix_ids is not None else None
-        results: list[list[Generation | None]] = [[None] * len(req.tokens) for _ in range(k)]
-        for batch, use_prefix in req.jobs:
+        for batch, use_prefix in jobs:
             rows = [req.reuse[i] for i in batch] if use_prefix else [req.tokens[i] for i in batch]
             ids, mask = left_pad(rows, self.pad)
             decoded = decode(
@@ -231,7 +238,6 @@ class GenerationPlan:
                     results[j][i] = self.generation(
                         i, decoded.tokens[j * len(batch) + row], decoded.hit_stop[j * len(batch) + row], use_prefix
                     )
-        return results  # type: ignore[return-value]
 
     def generation(self, request: int, tokens: Sequence[int], hit_stop: bool, prefix_reused: bool) -> Generation:
         """The :class:`Generation` of request ``request`` whose generated ids are ``tokens``."""
