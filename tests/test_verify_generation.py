@@ -254,14 +254,14 @@ def test_mixed_row_blocks_and_pooled_continuations() -> None:
 
 
 def test_groups_that_keep_little_decode_their_other_batches_token_by_token() -> None:
-    """A group whose first decode batch keeps less than min_share of the baseline's tokens decodes its other
+    """A group whose first decode batch suggests verification saves less than min_share decodes its other
     batches as draft=None does (hook-free and hooked groups): the same generations as the reference."""
     model = bridge(CHECKPOINTS_DIR / "organism-base")
     prefix, prompts = organism_prompts()
     conds = [[dp.zero_head(3, 3)], [dp.skip_layer(1)], [dp.mean_head(3, 2, TEXTS)]]
     kw = dict(until=list(get_task("organism_reasoning").generation.until), max_gen_toks=32, batch_size=2, prefix=prefix)
     plain, verified = VerifyStats(), VerifyStats()
-    check(model, list(prompts), conds, stats=plain, min_share=1.01, **kw)  # no batch keeps more than all
+    check(model, list(prompts), conds, stats=plain, min_share=2.0, **kw)  # more than any batch can save (<= 2)
     check(model, list(prompts), conds, stats=verified, min_share=0.0, **kw)
     batches = len(prompts) // 2
     assert plain.jobs_plain == 2 * (batches - 1) and verified.jobs_plain == 0  # two groups: hook-free, hooked

@@ -148,8 +148,8 @@ def generate_conditions(
     ``baseline`` gives the baseline's generated ids per prompt (``Generation.tokens``), else it is
     decoded here first; ``lookup`` drafted tokens per step are checked after a divergence (0:
     none; None: :data:`LOOKUP_TOKENS`). ``draft=None`` decodes every token of every condition. Both give the same generations.
-    A group of conditions whose first decode batch keeps less than ``min_share`` of the baseline's
-    tokens decodes its other batches token by token. ``stats`` (a
+    A group of conditions whose first decode batch suggests that verification saves less than
+    ``min_share`` of the row steps decodes its other batches token by token (:data:`~depthprobe.engine.verify.MIN_SHARE`). ``stats`` (a
     :class:`~depthprobe.engine.verify.VerifyStats`) collects where the work went.
     """
     ids = unique_ids(conditions)

@@ -44,9 +44,12 @@ from depthprobe.evaluation.generation import Generation, GenerationPlan
 
 __all__ = ["MIN_SHARE", "VerifyStats", "diverge_at", "verify_group", "with_divergence"]
 
-#: a group whose first decode batch keeps less than this share of the baseline's generated tokens decodes its
-#: other batches token by token (as ``draft=None``): there verification buys less than the resumed decoding of
-#: rows of different lengths costs (stories260K's heads on this CPU keep 20% and were 0.77x of ``draft=None``)
+#: the share of ``draft=None``'s row steps that verification must be expected to save, judged on a group's first
+#: decode batch, for its other batches to be verified too (else they are decoded token by token, as
+#: ``draft=None``): the baseline's tokens the conditions keep, plus the steps a whole batch spends on rows that
+#: have ended (the baseline's lengths standing in for the conditions'), which continuous batching does not
+#: spend. Below it, verification and the wider caches of resumed rows cost more than they save (stories260K's
+#: heads keep 20% and every story runs its 96 tokens: 0.77x of ``draft=None`` on this CPU, verified throughout)
 MIN_SHARE = 0.3
 #: rows verified ahead of the decoding, in units of its capacity (``max_rows``), so that rows of similar lengths can
 #: be decoded together: the caches of up to (1 + LOOKAHEAD) x max_rows rows are held at once
@@ -74,8 +77,8 @@ def verify_group(
     together, up to ``max_rows`` at a time (None: all at once): as rows end, the next decode batches
     are verified and their diverging rows take the freed places (continuous batching).
     ``lookup`` > 0 checks that many prompt-lookup drafted tokens per row and step after a divergence.
-    When the first decode batch keeps less than ``min_share`` of the baseline's tokens, the others are
-    decoded token by token (:data:`MIN_SHARE`); the generations are the same either way.
+    When the first decode batch suggests that verification saves less than ``min_share`` of the row
+    steps, the others are decoded token by token (:data:`MIN_SHARE`); the generations are the same either way.
     """
     stats = stats if stats is not None else VerifyStats()
     group = Group(model, decoder, hook_free, attn_implementation)
@@ -92,8 +95,10 @@ def verify_group(
     before = stats.tokens_verified
     chunk = _verify_job(group, plan, baseline, req.jobs[0], prefix, cond_prefix, results, stats)
     waiting += [chunk] if chunk is not None else []
-    kept = (stats.tokens_verified - before) / max(1, k * sum(len(baseline[i]) for i in req.jobs[0][0]))
-    plain = list(req.jobs[1:]) if kept < min_share else []
+    lengths = [len(baseline[i]) for i in req.jobs[0][0]]
+    kept = (stats.tokens_verified - before) / max(1, k * sum(lengths))
+    idle = 1 - sum(lengths) / max(1, len(lengths) * max(lengths))
+    plain = list(req.jobs[1:]) if kept + idle < min_share else []
     stats.jobs_plain += len(plain)
     jobs = iter([] if plain else req.jobs[1:])
     handed: list[tuple[int, int, bool, int]] = []  # (block, request, prefix reused, tokens so far), as handed over
