@@ -24,6 +24,9 @@ positions at once. Per decode batch of documents (the batches of ``generate_unti
    the baseline's generation and the prompt (prompt-lookup drafting); only those equal to the
    greedy choice are kept.
 
+A group whose first decode batch shows that verification would save little (:data:`MIN_SHARE`)
+decodes its other batches token by token instead, with the same result.
+
 Every token is the condition's own greedy choice, so this is exact greedy decoding: it equals
 ``generate_until`` under the condition up to the float32 rounding of other batch shapes (as the
 batched decoders do; tested with the margin policy of ``tests/tolerance.py``).
