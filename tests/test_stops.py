@@ -77,9 +77,9 @@ def test_stopwatch_stops_where_every_step_checking_stops(name: str, tok, think: 
     late = 0  # stops after WHOLE_EVERY tokens: where the window and the periodic whole-text checks decide
     missed = 0  # stops the window did not show: found later by a whole-text check, then the scan back
     for trial in range(60):
-        ids = random_ids(rng.randrange(1, 40))
+        ids = random_ids(rng.randrange(1, 25))
         if think_end is not None:  # the reasoning closes, then stop strings apply
-            ids += tok.encode(think_end, add_special_tokens=False) + random_ids(rng.randrange(0, 30))
+            ids += tok.encode(think_end, add_special_tokens=False) + random_ids(rng.randrange(0, 20))
         if rng.random() < 0.25:  # a stop the window cannot show, then more tokens
             ids += pieces[-1] + random_ids(rng.randrange(0, 10))
         if rng.random() < 0.1:
@@ -98,4 +98,4 @@ def test_stopwatch_stops_where_every_step_checking_stops(name: str, tok, think: 
             missed += seen > expected
     assert all(n >= 3 for n in by_kind.values()) and late >= 5, (by_kind, late)
     spelled = stops[2] in tok.decode(pieces[-1], skip_special_tokens=True)  # not so in SentencePiece or words
-    assert missed >= 3 or not spelled, missed
+    assert missed >= 1 or not spelled, missed  # each such row fails without the scan back
