@@ -15,20 +15,9 @@ import pytest
 
 from depthprobe.plots import head_attribution, head_heatmap, layer_curves, o_proj_curves, save_figure
 from depthprobe.results import RunDir, load_results
+from tests.manifests import synthetic_manifest
 
-MANIFEST = {
-    "model": "m",
-    "revision": None,
-    "dtype": "float32",
-    "device": "cpu",
-    "task": "t",
-    "task_options": {},
-    "protocol": "loglikelihood",
-    "num_fewshot": 0,
-    "seed": None,
-    "limit": None,
-    "max_gen_toks": None,
-}
+MANIFEST = synthetic_manifest()
 
 
 def store(tmp_path: Path, name: str, rows: list[tuple[str, dict, dict]], **manifest) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from depthprobe.results import RunDir, load_results
 from depthprobe.uncertainty import sample_column
 
 pytest.register_assert_rewrite("tests.report_support")  # a plugin of this module (below), imported first
+from tests.manifests import synthetic_manifest  # noqa: E402
 from tests.report_support import LIMIT, parse_page, table  # noqa: E402
 
 #: The session fixture ``organisms_report`` (the campaign and its report), shared with tests/test_report_browser.py.
@@ -276,19 +277,7 @@ def test_divergence_columns_and_dp_report(tmp_path: Path) -> None:
     ``diverge_at`` metrics, the per-sample median, and the divergence figure."""
     import depthprobe as dp
 
-    manifest = {
-        "model": "m",
-        "revision": None,
-        "dtype": "float32",
-        "device": "cpu",
-        "task": "organism_reasoning",
-        "task_options": {},
-        "protocol": "generate_until",
-        "num_fewshot": 0,
-        "seed": None,
-        "limit": None,
-        "max_gen_toks": 8,
-    }
+    manifest = synthetic_manifest(task="organism_reasoning", protocol="generate_until", max_gen_toks=8)
     run = RunDir(tmp_path / "runs" / "gen", manifest)
     gens = {
         "baseline": ["a 1", "b 2", "c 3", "d 4"],

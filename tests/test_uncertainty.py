@@ -10,20 +10,9 @@ import pytest
 
 from depthprobe.results import RunDir, load_results
 from depthprobe.uncertainty import paired_delta_stats, significant, t_quantile
+from tests.manifests import synthetic_manifest
 
-MANIFEST = {
-    "model": "m",
-    "revision": None,
-    "dtype": "float32",
-    "device": "cpu",
-    "task": "t",
-    "task_options": {},
-    "protocol": "loglikelihood",
-    "num_fewshot": 0,
-    "seed": None,
-    "limit": None,
-    "max_gen_toks": None,
-}
+MANIFEST = synthetic_manifest()
 # Student t critical values (two-sided 95%) from a printed table: dof 4 and dof 3.
 T4, T3 = 2.7764451051977987, 3.1824463052842638
 BASE = [1, 1, 0, 1, 0]

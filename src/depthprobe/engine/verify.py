@@ -142,7 +142,7 @@ def verify_group(
         stats.tokens_decoded += len(tokens) - so_far + 1  # from the first differing token on
         results[j][i] = plan.generation(i, tokens, hit, reused)
     if plain:
-        plan.decode_jobs(model, decoder, plain, results)
+        plan.decode_jobs(model, decoder, plain, results, cond_prefix)
     return results  # type: ignore[return-value]
 
 

@@ -215,13 +215,21 @@ class GenerationPlan:
         return results  # type: ignore[return-value]
 
     def decode_jobs(
-        self, model: Any, decode: Decoder, jobs: Sequence[tuple[list[int], bool]], results: list[list[Any]]
+        self,
+        model: Any,
+        decode: Decoder,
+        jobs: Sequence[tuple[list[int], bool]],
+        results: list[list[Any]],
+        cache: Any = None,
     ) -> None:
-        """Decode ``jobs`` (some of the requests' batches) into ``results[block][request]``, one list per block."""
+        """Decode ``jobs`` (some of the requests' batches) into ``results[block][request]``, one list per block.
+
+        ``cache``: the prefix's KV cache as ``decode`` builds it, when the caller has it already (decoders copy it).
+        """
         req, k = self.requests, len(results)
-        # a decoder that runs another forward (the hook-free path) builds the prefix cache its own way
-        build_prefix = getattr(decode, "prefix_cache", prefix_cache)
-        cache = build_prefix(model, req.prefix_ids, self.device) if req.prefix_ids is not None else None
+        if cache is None and req.prefix_ids is not None:
+            # a decoder that runs another forward (the hook-free path) builds the prefix cache its own way
+            cache = getattr(decode, "prefix_cache", prefix_cache)(model, req.prefix_ids, self.device)
         for batch, use_prefix in jobs:
             rows = [req.reuse[i] for i in batch] if use_prefix else [req.tokens[i] for i in batch]
             ids, mask = left_pad(rows, self.pad)

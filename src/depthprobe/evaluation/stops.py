@@ -106,6 +106,7 @@ class StopWatch:
 
     def __init__(self, policy: StopPolicy) -> None:
         self.policy = policy
+        self.own_rule = type(policy).is_done is not StopPolicy.is_done  # a subclass's rule is asked at every step
         self.checked: dict[int, int] = {}  # row -> length of its longest prefix whose whole text was checked
         tok = policy.tokenizer
         longest = max((len(tok.encode(s, add_special_tokens=False)) for s in policy.stops), default=0)
@@ -114,7 +115,7 @@ class StopWatch:
     def done_at(self, row: int, tokens: Sequence[int], *, final: bool = False) -> int | None:
         """How many of ``tokens`` row ``row`` keeps if it has ended (None: it goes on); ``final``: its last step."""
         p, n = self.policy, len(tokens)
-        if type(p).is_done is not StopPolicy.is_done:  # a policy with its own rule is asked at every step
+        if self.own_rule:
             return n if p.is_done(tokens) else None
         eos = tokens[-1] in p.eos_ids
         if not p.stops:
@@ -122,8 +123,8 @@ class StopWatch:
         last = self.checked.get(row, 0)
         if not (eos or final or n - last >= WHOLE_EVERY or self._window_holds_stop(tokens)):
             return None
-        if p.stopped(tokens):
-            return next(m for m in range(last + 1, n + 1) if p.stopped(tokens[:m]))
+        if p.stopped(tokens):  # the first stopping prefix since the last check; all of them when none earlier
+            return next((m for m in range(last + 1, n) if p.stopped(tokens[:m])), n)
         self.checked[row] = n
         return n if eos else None
 
