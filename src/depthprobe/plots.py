@@ -63,33 +63,21 @@ def layer_curves(
             i += 1
             name = _label(label, metric)
             err = _error_y(rows, metric)
-            fig.add_trace(
-                go.Scatter(
-                    x=rows["layer"].astype(int).tolist(),
-                    y=rows[metric].tolist(),
-                    mode="lines+markers",
-                    name=name,
-                    legendgroup=name,
-                    line=dict(color=color),
-                    error_y=err,
-                ),
-                row=1,
-                col=1,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=rows["layer"].astype(int).tolist(),
-                    y=rows[f"delta_{metric}"].tolist(),
-                    mode="lines+markers",
-                    name=name,
-                    legendgroup=name,
-                    showlegend=False,
-                    line=dict(color=color),
-                    error_y=err,
-                ),
-                row=1,
-                col=2,
-            )
+            for col, column in ((1, metric), (2, f"delta_{metric}")):  # (a) the metric, (b) its delta
+                fig.add_trace(
+                    go.Scatter(
+                        x=rows["layer"].astype(int).tolist(),
+                        y=rows[column].tolist(),
+                        mode="lines+markers",
+                        name=name,
+                        legendgroup=name,
+                        showlegend=col == 1,
+                        line=dict(color=color),
+                        error_y=err,
+                    ),
+                    row=1,
+                    col=col,
+                )
             base = _baseline(df, metric)
             if base is not None:
                 fig.add_hline(y=base, line=dict(color=color, dash="dot"), row=1, col=1)
@@ -129,26 +117,20 @@ def head_attribution(
         color = _PALETTE[g % len(_PALETTE)]
         x = part["index"].astype(int).tolist()
         err = _error_y(part, metric)
-        fig.add_trace(
-            go.Bar(
-                x=x, y=part[metric].tolist(), name=f"group {g}", legendgroup=f"g{g}", marker_color=color, error_y=err
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Bar(
-                x=x,
-                y=part[f"delta_{metric}"].tolist(),
-                name=f"group {g}",
-                legendgroup=f"g{g}",
-                marker_color=color,
-                showlegend=False,
-                error_y=err,
-            ),
-            row=1,
-            col=2,
-        )
+        for col, column in ((1, metric), (2, f"delta_{metric}")):  # (a) the metric, (b) its delta
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=part[column].tolist(),
+                    name=f"group {g}",
+                    legendgroup=f"g{g}",
+                    marker_color=color,
+                    showlegend=col == 1,
+                    error_y=err,
+                ),
+                row=1,
+                col=col,
+            )
     base = _baseline(df, metric)
     if base is not None:
         fig.add_hline(y=base, line=dict(color="black", dash="dot"), row=1, col=1)
