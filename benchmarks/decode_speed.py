@@ -14,10 +14,9 @@ Usage: python benchmarks/decode_speed.py [--layers 16] [--d-model 256] [--batch 
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
 
 import torch
+from random_model import add_shape_flags, best_of, random_llama
 from transformers import AutoModelForCausalLM
 
 import depthprobe as dp
@@ -25,7 +24,6 @@ from depthprobe import adapter
 from depthprobe.evaluation.fast_decode import HookFreeDecoder
 from depthprobe.evaluation.generation import greedy_generate
 from depthprobe.evaluation.tokenize import left_pad
-from depthprobe.tiny import make_tiny_model
 
 PROMPTS = [
     "Question: What is the capital of France?\nAnswer:",
@@ -39,37 +37,16 @@ PROMPTS = [
 ]
 
 
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=2)
+    add_shape_flags(p)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(
-            tmp,
-            arch="llama",
-            n_layers=args.layers,
-            n_heads=args.heads,
-            n_kv_heads=args.kv_heads,
-            d_model=args.d_model,
-            seed=0,
-        )
+    with random_llama(args) as path:
         model = dp.load_model(path, dtype=torch.float32, device="cpu")
         hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=torch.float32).eval()
     tok = model.tokenizer
@@ -107,15 +84,15 @@ def main() -> None:
     outs = {}
     for _ in range(args.repeats):  # interleaved, so load from other processes hits all alike
         for name, fn in runs.items():
-            t, outs[name] = timed(fn, 1)
+            t, outs[name] = best_of(fn, 1)
             times[name] = min(times[name], t)
     ok = all(torch.equal(outs[k], outs["HF generate"]) for k in runs)
     for name, t in times.items():
         print(f"{name:24s} {t:7.3f} s  {n_tokens / t:8.1f} tokens/s  {times['HF generate'] / t:5.2f}x of HF")
     for cond in ([dp.zero_head(args.layers - 1, 1)], [dp.skip_layer(args.layers // 2)]):
         with dp.ablate(model, *cond):
-            t_hook, ref = timed(lambda: greedy_generate(model, ids, mask, max_new_tokens=n), args.repeats)
-        t_free, got = timed(
+            t_hook, ref = best_of(lambda: greedy_generate(model, ids, mask, max_new_tokens=n), args.repeats)
+        t_free, got = best_of(
             lambda: greedy_generate(model, ids, mask, max_new_tokens=n, decoder=HookFreeDecoder(cond)), args.repeats
         )
         same = torch.equal(ref, got)

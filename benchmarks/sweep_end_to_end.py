@@ -13,15 +13,14 @@ Usage: python benchmarks/sweep_end_to_end.py [--limit 48] [--batch-size 16] [--l
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from random_model import add_shape_flags, random_llama
 
 import depthprobe as dp
 from depthprobe.sweep import condition_id, head_grid, layer_grid
-from depthprobe.tiny import make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,24 +30,12 @@ def main() -> None:
     p.add_argument("--task", default="openbookqa")
     p.add_argument("--limit", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=2)
+    add_shape_flags(p)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(
-            Path(tmp) / "m",
-            arch="llama",
-            n_layers=args.layers,
-            n_heads=args.heads,
-            n_kv_heads=args.kv_heads,
-            d_model=args.d_model,
-            seed=0,
-        )
+    with random_llama(args) as path:
         model = dp.load_model(path, dtype=torch.float32, device="cpu")
         L = args.layers
         print(
@@ -69,7 +56,7 @@ def main() -> None:
                     naive[condition_id(cond)] = dp.evaluate(model, args.task, **common).samples
             t_naive = time.perf_counter() - start
             start = time.perf_counter()
-            out = Path(tmp) / grid.replace(":", "_")
+            out = path.parent / grid.replace(":", "_")  # beside the model, in its temporary directory
             dp.run_sweep(model, args.task, grid, out_dir=out, progress=False, **common)
             t_engine = time.perf_counter() - start
             samples = dp.load_results(out, samples=True)

@@ -16,14 +16,12 @@ Usage: python benchmarks/sweep_speed.py [--layers 16] [--d-model 256] [--heads 8
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
 
 import torch
+from random_model import add_shape_flags, best_of, random_llama
 
 import depthprobe as dp
 from depthprobe.sweep import condition_id, condition_logits, head_grid, layer_grid
-from depthprobe.tiny import make_tiny_model
 
 CONTEXTS = [
     "Question: What is the capital of France?\nAnswer:",
@@ -73,35 +71,14 @@ def engine(model, input_ids, mask, cont, conditions) -> dict[str, torch.Tensor]:
     return {cid: scores(lg, input_ids, cont) for cid, lg in logits.items()}
 
 
-def best_time(fn, repeats: int):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=16)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=2)
+    add_shape_flags(p)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(
-            tmp,
-            arch="llama",
-            n_layers=args.layers,
-            n_heads=args.heads,
-            n_kv_heads=args.kv_heads,
-            d_model=args.d_model,
-            seed=0,
-        )
+    with random_llama(args) as path:
         model = dp.load_model(path, dtype=torch.float32, device="cpu")
     dims = dp.model_dims(model)
     input_ids, mask, cont = mc_batch(model.tokenizer)
@@ -119,8 +96,8 @@ def main() -> None:
     for name, (conditions, bound, target) in sweeps.items():
         t_naive = t_engine = float("inf")
         for _ in range(args.repeats):  # interleaved, so load from other processes hits both alike
-            tn, ref = best_time(lambda: naive(model, input_ids, mask, cont, conditions), 1)
-            te, got = best_time(lambda: engine(model, input_ids, mask, cont, conditions), 1)
+            tn, ref = best_of(lambda: naive(model, input_ids, mask, cont, conditions), 1)
+            te, got = best_of(lambda: engine(model, input_ids, mask, cont, conditions), 1)
             t_naive, t_engine = min(t_naive, tn), min(t_engine, te)
         diff = max((ref[k] - got[k]).abs().max().item() for k in ref)
         ratio = t_naive / t_engine
